@@ -1,0 +1,46 @@
+# Both entry points create .venv and install idempotently: the stamp is rebuilt only when
+# pyproject.toml changes.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: demo test lint typecheck unit browser clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch==2.13.0 first: it resolves to the CPU wheel on disk, so nothing else pulls a CUDA build
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/hpo run studies/quickstart.yaml
+
+# Headless Chromium for the dashboard browser test (Debian package; root on CI and dev machines).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || echo "warning: could not install chromium; the browser test will skip"; }
+
+lint: $(STAMP)
+	$(BIN)/ruff check hpo tests benchmarks
+	$(BIN)/ruff format --check hpo tests benchmarks || true
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not gpu"
+
+test: $(STAMP) browser
+	$(BIN)/ruff check hpo tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -q -m "not gpu"
+
+clean:
+	rm -rf $(VENV) .hpo-cache studies/*.db runs reports test-artifacts

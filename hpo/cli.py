@@ -1,0 +1,356 @@
+"""Command line: parse, call library functions, map errors to exit codes. Nothing else.
+
+Exit codes: 0 success, 1 user error (one line, no traceback), 2 internal error.
+Heavy packages (torch, transformers, ray) are imported only by the commands that train.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from hpo.errors import UserError
+
+
+def _overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """``--set a.b=value`` pairs; values are read as YAML (numbers, lists, true/false)."""
+    from hpo._yaml import YamlError, loads_yaml
+
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set: expected key=value, got {pair!r}")
+        try:
+            out[key.strip()] = loads_yaml(value, f"--set {key}")
+        except YamlError as e:
+            raise UserError(str(e)) from None
+    return out
+
+
+def _storage(args: argparse.Namespace, file_value: str | None = None) -> str:
+    from hpo.storage import resolve_storage
+
+    return resolve_storage(getattr(args, "storage", None), file_value)
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from hpo.config import load_study
+
+    overrides = _overrides(getattr(args, "set", None))
+    if getattr(args, "study_name", None):
+        overrides["name"] = args.study_name
+    return load_study(args.study, overrides)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from hpo._yaml import YamlError, load_yaml
+    from hpo.config import ConfigError, load_space_file, load_study
+
+    problems: list[str] = []
+    for f in args.files:
+        try:
+            raw = load_yaml(f)
+        except YamlError as e:
+            problems.append(str(e))
+            continue
+        try:
+            if isinstance(raw, dict) and raw.get("kind") == "retrain":
+                from hpo.export import load_retrain_spec
+
+                rspec = load_retrain_spec(f)
+                print(f"{f}: ok (retraining spec: {rspec.summary()})")
+            elif isinstance(raw, dict) and "strategy" in raw and "name" not in raw:
+                space = load_space_file(f)
+                print(f"{f}: ok (search space)\n{space.describe()}")
+            else:
+                spec = load_study(f)
+                print(f"{f}: ok (study {spec.name!r}: {spec.summary()})\n{spec.space.describe()}")
+        except ConfigError as e:
+            problems.extend(e.problems)
+    if problems:
+        for p in problems:
+            print(p, file=sys.stderr)
+        print(f"hpo validate: {len(problems)} problem(s)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from hpo.storage import redact
+
+    spec = _load(args)
+    url = _storage(args, spec.storage)
+    workers = args.workers if args.workers is not None else spec.execution.workers
+    n_trials = args.n_trials if args.n_trials is not None else spec.budget.n_trials
+    timeout = args.timeout if args.timeout is not None else spec.budget.timeout
+    print(
+        f"study {spec.name!r} in {redact(url)}: {n_trials} trials, space {spec.space_ref} "
+        f"({', '.join(spec.space.strategies)}), {spec.objective.metric} ({spec.direction})",
+        flush=True,
+    )
+    if args.backend == "ray":
+        from hpo.ray_backend import run_ray
+
+        study = run_ray(
+            spec,
+            url,
+            address=args.address,
+            n_trials=n_trials,
+            timeout=timeout,
+            gpus=args.gpus,
+            trials_per_gpu=args.trials_per_gpu,
+        )
+    elif workers == 1 and not args.gpus:
+        from hpo.study import run_worker
+
+        study = run_worker(spec, url, n_trials=n_trials, timeout=timeout)
+    else:
+        from hpo.launch import launch
+
+        study = launch(
+            spec,
+            url,
+            workers=workers,
+            gpus=args.gpus,
+            trials_per_gpu=args.trials_per_gpu,
+            n_trials=n_trials,
+            timeout=timeout,
+        )
+    print_summary(study)
+    return 0
+
+
+def print_summary(study: Any) -> None:
+    """Best trial and a per-strategy table, after a run."""
+    import optuna
+
+    from hpo.study import fmt_params, format_table, strategy_summary
+
+    trials = study.get_trials(deepcopy=False)
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t.state.name] = counts.get(t.state.name, 0) + 1
+    print(
+        f"\nstudy {study.study_name!r}: {len(trials)} trials ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})"
+    )
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if complete:
+        best = study.best_trial
+        metric = study.user_attrs.get("metric", "value")
+        print(f"best: trial {best.number} {metric}={best.value:.4f}  {fmt_params(best)}")
+    print("\nper strategy:")
+    print(
+        format_table(
+            strategy_summary(study),
+            ["strategy", "trials", "complete", "pruned", "fail", "best_value", "best_trial", "best_params"],
+        )
+    )
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from hpo.study import run_worker
+
+    spec = _load(args)
+    url = _storage(args, spec.storage)
+    run_worker(
+        spec,
+        url,
+        n_trials=args.n_trials,
+        timeout=args.timeout,
+        create=False,
+        worker_index=os.getpid() % 10007,
+    )
+    return 0
+
+
+def cmd_studies(args: argparse.Namespace) -> int:
+    from hpo.study import format_table, list_studies
+
+    rows = list_studies(_storage(args))
+    print(format_table(rows) if rows else "no studies")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from hpo.compare import compare
+
+    print(compare(_storage(args), args.names, by=args.by, fmt=args.format))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from hpo.report import write_report
+
+    for path in write_report(_storage(args), args.name, Path(args.output)):
+        print(path)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from hpo.export import export_trial
+
+    path = export_trial(_storage(args), args.name, Path(args.output), trial_number=args.trial)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from hpo.retrain import retrain
+
+    retrain(args.file, Path(args.output) if args.output else None, _overrides(args.set))
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from hpo.dashboard import serve
+
+    serve(_storage(args), host=args.host, port=args.port)
+    return 0
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _workers(value: str) -> int | str:
+    if value == "auto":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
+def _gpus(value: str) -> list[int]:
+    try:
+        return [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated list of GPU indices, got {value!r}"
+        ) from None
+
+
+def _positive(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hpo", description="Hyperparameter search over how to fine-tune language models."
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    storage_help = (
+        "storage URL (default: $HPO_STORAGE, the study file's storage:, else sqlite:///studies/hpo.db)"
+    )
+
+    r = sub.add_parser("run", help="create or resume a study and optimize")
+    r.add_argument("study", help="study file (studies/*.yaml)")
+    r.add_argument("--storage", help=storage_help)
+    r.add_argument("--study-name", help="override the study's name")
+    r.add_argument("--n-trials", type=_positive, help="trials to add (default: budget.n_trials)")
+    r.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    r.add_argument("--workers", type=_workers, help="local worker processes: N or auto")
+    r.add_argument("--gpus", type=_gpus, help="GPU indices, e.g. 0,1,2,3")
+    r.add_argument("--trials-per-gpu", type=_positive, default=None, help="trials packed per GPU")
+    r.add_argument("--backend", choices=["optuna", "ray"], default="optuna")
+    r.add_argument("--address", help="Ray cluster address HOST:PORT (with --backend ray)")
+    r.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a study key, e.g. budget.n_trials=5"
+    )
+    r.set_defaults(func=cmd_run)
+
+    w = sub.add_parser("worker", help="join an existing study as one more worker")
+    w.add_argument("study")
+    w.add_argument("--storage", required=True, help="the shared storage URL")
+    w.add_argument("--study-name", help="override the study's name")
+    w.add_argument("--n-trials", type=_positive)
+    w.add_argument("--timeout", type=float)
+    w.add_argument("--set", action="append", metavar="KEY=VALUE")
+    w.set_defaults(func=cmd_worker)
+
+    v = sub.add_parser("validate", help="check study, search-space and retraining files")
+    v.add_argument("files", nargs="+")
+    v.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser("studies", help="list studies in a storage")
+    s.add_argument("--storage", help=storage_help)
+    s.set_defaults(func=cmd_studies)
+
+    c = sub.add_parser("compare", help="compare studies side by side")
+    c.add_argument("names", nargs="+")
+    c.add_argument("--storage", help=storage_help)
+    c.add_argument("--by", choices=["study", "strategy"], default="study")
+    c.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    c.set_defaults(func=cmd_compare)
+
+    rp = sub.add_parser("report", help="write plots of a study (PNG and HTML)")
+    rp.add_argument("name")
+    rp.add_argument("-o", "--output", required=True, help="output folder")
+    rp.add_argument("--storage", help=storage_help)
+    rp.set_defaults(func=cmd_report)
+
+    e = sub.add_parser("export", help="write a retraining spec of the best (or given) trial")
+    e.add_argument("name")
+    e.add_argument("-o", "--output", required=True, help="output YAML file")
+    e.add_argument("--trial", type=int, help="trial number (default: the best)")
+    e.add_argument("--storage", help=storage_help)
+    e.set_defaults(func=cmd_export)
+
+    rt = sub.add_parser("retrain", help="train an exported config, evaluate on test, save the model")
+    rt.add_argument("file")
+    rt.add_argument("-o", "--output", help="output folder (default: runs/<study>-trial<N>)")
+    rt.add_argument("--set", action="append", metavar="KEY=VALUE", help="e.g. training.num_train_epochs=3")
+    rt.set_defaults(func=cmd_retrain)
+
+    d = sub.add_parser("dashboard", help="serve optuna-dashboard on the storage")
+    d.add_argument("--storage", help=storage_help)
+    d.add_argument("--host", default="127.0.0.1")
+    d.add_argument("--port", type=int, default=8080)
+    d.set_defaults(func=cmd_dashboard)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``hpo`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except UserError as e:
+        from hpo.storage import redact
+
+        print(f"hpo {args.command}: error: {redact(str(e))}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"hpo {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        from hpo.data import DataError
+        from hpo.storage import redact
+
+        if isinstance(e, DataError):
+            print(f"hpo {args.command}: error: {redact(str(e))}", file=sys.stderr)
+            return 1
+        print(redact(traceback.format_exc()), file=sys.stderr)
+        print(f"hpo {args.command}: internal error: {redact(str(e))}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

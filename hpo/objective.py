@@ -1,0 +1,350 @@
+"""One trial, top to bottom: config -> model -> strategy -> Trainer -> metrics -> record.
+
+``prepare`` does the per-worker work once (data, tokenizer, tokenized splits, base
+weights); ``train_and_evaluate`` is the single training path that search trials and
+``hpo retrain`` share, so a retrained config reproduces its trial.
+"""
+
+from __future__ import annotations
+
+import copy
+import gc
+import json
+import math
+import os
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpo.config import StudySpec
+from hpo.data import LoadedData, load_data, tokenize
+from hpo.space import TrialConfig
+from hpo.strategies import count_parameters, get_strategy
+from hpo.tasks import get_task
+
+CACHE_DIR = Path(os.environ.get("HPO_CACHE_DIR", ".hpo-cache"))
+
+
+@dataclass
+class WorkerContext:
+    """What a worker loads once and reuses for every trial."""
+
+    spec: StudySpec
+    data: LoadedData
+    tokenizer: Any
+    datasets: dict[str, Any]
+    device: str
+    worker: str
+    _base: Any = None
+    load_seconds: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def base_model(self) -> Any:
+        """The pretrained model with its task head, loaded once per worker (never trained)."""
+        if self._base is None:
+            task = get_task(self.spec.task)
+            t0 = time.perf_counter()
+            self._base = task.load_model(
+                self.spec.model_path, len(self.data.label_names), self.data.label_names
+            )
+            self.load_seconds += time.perf_counter() - t0
+        return self._base
+
+
+def pick_device(requested: str = "auto") -> str:
+    """cuda when asked for or visible (auto), else cpu."""
+    import torch
+
+    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
+        return "cuda"
+    return "cpu"
+
+
+def prepare(spec: StudySpec, need_test: bool = False, worker: str | None = None) -> WorkerContext:
+    """Load data and tokenizer and tokenize (cached on disk by data fingerprint).
+
+    Raises:
+        DataError: bad data, before any database is touched.
+    """
+    from transformers import AutoTokenizer
+
+    data = load_data(spec.data, need_test=need_test)
+    tokenizer = AutoTokenizer.from_pretrained(spec.model_path)
+    splits = (
+        ("train", "validation", "test") if need_test and data.test is not None else ("train", "validation")
+    )
+    datasets = tokenize(data, tokenizer, spec.data.max_length, CACHE_DIR / "tokenized", splits=splits)
+    return WorkerContext(
+        spec=spec,
+        data=data,
+        tokenizer=tokenizer,
+        datasets=datasets,
+        device=pick_device(spec.execution.device),
+        worker=worker or f"{socket.gethostname()}:{os.getpid()}",
+    )
+
+
+def build_model(ctx: WorkerContext, cfg: TrialConfig, seed: int) -> Any:
+    """A fresh copy of the base model with a seeded task head and the strategy applied."""
+    import torch
+
+    model = copy.deepcopy(ctx.base_model())
+    # The head is re-initialised from the seed, so a trial and its retrain start identically
+    # whichever trials this worker ran before. BERT-style init: normal(0, initializer_range).
+    prefix = getattr(model, "base_model_prefix", "")
+    std = float(getattr(model.config, "initializer_range", 0.02))
+    torch.manual_seed(seed)
+    for name, module in model.named_modules():
+        if prefix and (name == prefix or name.startswith(prefix + ".")):
+            continue
+        if isinstance(module, torch.nn.Linear):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+    torch.manual_seed(seed)
+    return get_strategy(cfg.strategy).apply(model, dict(cfg.strategy_params))
+
+
+class _PeakMemory:
+    """Peak memory during a block: CUDA allocator peak, or the process RSS sampled every 0.1 s."""
+
+    def __init__(self, device: str):
+        self.device = device
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> _PeakMemory:
+        if self.device == "cuda":
+            import torch
+
+            torch.cuda.reset_peak_memory_stats()
+        else:
+            import psutil
+
+            proc = psutil.Process()
+
+            def sample() -> None:
+                while not self._stop.is_set():
+                    self.peak_bytes = max(self.peak_bytes, proc.memory_info().rss)
+                    self._stop.wait(0.1)
+
+            self._thread = threading.Thread(target=sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.device == "cuda":
+            import torch
+
+            self.peak_bytes = int(torch.cuda.max_memory_allocated())
+        else:
+            self._stop.set()
+            if self._thread is not None:
+                self._thread.join()
+
+
+@dataclass
+class Outcome:
+    """What one training run produced."""
+
+    metrics: dict[str, float]
+    history: list[dict[str, float]]
+    pruned: bool
+    train_seconds: float
+    samples_per_second: float
+    peak_memory_mb: float
+    trainable_params: int
+    total_params: int
+    steps: int
+    model: Any = None
+
+
+def training_arguments(
+    ctx: WorkerContext, cfg: TrialConfig, seed: int, output_dir: str, max_steps: int
+) -> Any:
+    """TrainingArguments for one run; evaluation is driven by EvalSchedule, nothing is saved."""
+    from transformers import TrainingArguments
+
+    t = cfg.training
+    return TrainingArguments(
+        output_dir=output_dir,
+        learning_rate=float(t["learning_rate"]),
+        per_device_train_batch_size=int(t["per_device_train_batch_size"]),
+        per_device_eval_batch_size=int(ctx.spec.training.get("eval_batch_size") or 64),
+        gradient_accumulation_steps=int(t["gradient_accumulation_steps"]),
+        weight_decay=float(t["weight_decay"]),
+        warmup_steps=int(math.ceil(float(t["warmup_ratio"]) * max_steps)),
+        lr_scheduler_type=str(t["lr_scheduler_type"]),
+        max_grad_norm=float(t["max_grad_norm"]),
+        adam_beta1=float(t["adam_beta1"]),
+        adam_beta2=float(t["adam_beta2"]),
+        adam_epsilon=float(t["adam_epsilon"]),
+        label_smoothing_factor=float(t["label_smoothing_factor"]),
+        max_steps=max_steps,
+        eval_strategy="no",
+        save_strategy="no",
+        logging_strategy="no",
+        report_to=[],
+        disable_tqdm=True,
+        seed=seed,
+        data_seed=seed,
+        use_cpu=ctx.device == "cpu",
+        dataloader_num_workers=0,
+        label_names=["labels"],
+    )
+
+
+def plan_steps(n_train: int, cfg: TrialConfig, spec: StudySpec) -> tuple[int, list[int]]:
+    """Total optimizer steps and the steps at which to evaluate."""
+    from hpo.pruning import eval_steps
+
+    t = cfg.training
+    per_step = int(t["per_device_train_batch_size"]) * int(t["gradient_accumulation_steps"])
+    steps_per_epoch = max(1, math.ceil(n_train / per_step))
+    epochs = float(t["num_train_epochs"] or spec.budget.max_epochs)
+    total = max(1, math.ceil(epochs * steps_per_epoch))
+    cap = spec.training.get("max_train_steps")
+    if cap:
+        total = min(total, int(cap))
+    n_evals = max(1, round(epochs * spec.budget.evals_per_epoch))
+    return total, eval_steps(total, n_evals)
+
+
+def train_and_evaluate(
+    ctx: WorkerContext,
+    cfg: TrialConfig,
+    seed: int,
+    on_eval: Callable[[int, dict[str, float]], bool] | None = None,
+    keep_model: bool = False,
+    train_split: str = "train",
+) -> Outcome:
+    """Train one configuration and evaluate on the validation split on the fixed schedule."""
+    import torch
+    from transformers import PrinterCallback, Trainer, set_seed
+
+    from hpo.pruning import EvalSchedule, ReportEvaluations
+
+    task = get_task(ctx.spec.task)
+    set_seed(seed)
+    model = build_model(ctx, cfg, seed)
+    trainable, total = count_parameters(model)
+    train_ds = ctx.datasets[train_split]
+    max_steps, schedule = plan_steps(len(train_ds), cfg, ctx.spec)
+    reporter = ReportEvaluations(on_eval)
+    output_dir = tempfile.mkdtemp(prefix="hpo-trial-")
+    trainer = None
+    try:
+        trainer = Trainer(
+            model=model,
+            args=training_arguments(ctx, cfg, seed, output_dir, max_steps),
+            train_dataset=train_ds,
+            eval_dataset=ctx.datasets["validation"],
+            data_collator=task.collator(ctx.tokenizer),
+            compute_metrics=lambda p: task.compute_metrics(p.predictions, p.label_ids),
+            callbacks=[EvalSchedule(schedule), reporter],
+        )
+        # With tqdm disabled the Trainer adds a callback that prints every log dict.
+        trainer.remove_callback(PrinterCallback)
+        with _PeakMemory(ctx.device) as mem:
+            t0 = time.perf_counter()
+            result = trainer.train()
+            seconds = time.perf_counter() - t0
+        steps = int(result.global_step)
+        if not reporter.history:  # stopped before the first scheduled evaluation
+            reporter.on_evaluate(trainer.args, trainer.state, trainer.control, trainer.evaluate())
+        per_step = int(cfg.training["per_device_train_batch_size"]) * int(
+            cfg.training["gradient_accumulation_steps"]
+        )
+        metrics = {k: v for k, v in reporter.history[-1].items() if k not in ("step", "epoch")}
+        return Outcome(
+            metrics=metrics,
+            history=reporter.history,
+            pruned=reporter.pruned,
+            train_seconds=seconds,
+            samples_per_second=steps * per_step / seconds if seconds > 0 else 0.0,
+            peak_memory_mb=mem.peak_bytes / 2**20,
+            trainable_params=trainable,
+            total_params=total,
+            steps=steps,
+            model=model if keep_model else None,
+        )
+    finally:
+        del trainer
+        if not keep_model:
+            del model
+        gc.collect()
+        if ctx.device == "cuda":
+            torch.cuda.empty_cache()
+        shutil.rmtree(output_dir, ignore_errors=True)
+
+
+def trial_seed(spec: StudySpec) -> int:
+    """Every trial trains with the study's seed, so trials differ by configuration only."""
+    return spec.seed
+
+
+def make_objective(
+    ctx: WorkerContext,
+    on_trial_start: Callable[[Any], Callable[[int, dict[str, float]], None]] | None = None,
+) -> Callable[[Any], float]:
+    """The Optuna objective: sample, train, record attributes, prune or return the metric.
+
+    ``on_trial_start(trial)`` may return a hook that sees every evaluation (progress display).
+    """
+    import optuna
+
+    from hpo.pruning import optuna_reporter
+
+    spec = ctx.spec
+    metric = spec.objective.metric
+
+    def objective(trial: Any) -> float:
+        cfg = spec.space.sample(trial, spec.training)
+        seed = trial_seed(spec)
+        trial.set_user_attr("strategy", cfg.strategy)
+        trial.set_user_attr("config", json.dumps(cfg.to_dict(), sort_keys=True))
+        trial.set_user_attr("seed", seed)
+        trial.set_user_attr("device", ctx.device)
+        trial.set_user_attr("worker", ctx.worker)
+        report = optuna_reporter(trial, metric)
+        show = on_trial_start(trial) if on_trial_start else None
+
+        def on_eval(index: int, metrics: dict[str, float]) -> bool:
+            if show is not None:
+                show(index, metrics)
+            return report(index, metrics)
+
+        try:
+            out = train_and_evaluate(ctx, cfg, seed, on_eval=on_eval)
+        except Exception as e:
+            trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:1000])
+            raise
+        record_outcome(trial, out)
+        if out.pruned:
+            raise optuna.TrialPruned(f"pruned after evaluation {len(out.history)}")
+        return out.metrics[metric]
+
+    return objective
+
+
+def record_outcome(trial: Any, out: Outcome) -> None:
+    """Store what a person comparing trials needs as trial user attributes."""
+    trial.set_user_attr("trainable_params", out.trainable_params)
+    trial.set_user_attr("total_params", out.total_params)
+    trial.set_user_attr(
+        "trainable_percent", round(100.0 * out.trainable_params / max(1, out.total_params), 4)
+    )
+    for k, v in out.metrics.items():
+        trial.set_user_attr(f"val_{k}", v)
+    trial.set_user_attr("train_seconds", round(out.train_seconds, 3))
+    trial.set_user_attr("samples_per_second", round(out.samples_per_second, 2))
+    trial.set_user_attr("peak_memory_mb", round(out.peak_memory_mb, 1))
+    trial.set_user_attr("steps", out.steps)
+    trial.set_user_attr("evaluations", len(out.history))

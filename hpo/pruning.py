@@ -1,0 +1,87 @@
+"""Trainer callbacks: evaluate on a fixed schedule, report each evaluation, stop when told to.
+
+The pruning resource is the evaluation index (1, 2, ... ``evals_per_epoch * epochs``), not the
+optimizer step, so trials with different batch sizes are compared at the same fraction of an
+epoch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from transformers import TrainerCallback
+
+
+def eval_steps(total_steps: int, n_evals: int) -> list[int]:
+    """Optimizer steps after which to evaluate: ``n_evals`` evenly spread, the last at the end."""
+    n = max(1, min(n_evals, total_steps))
+    return sorted({max(1, round(k * total_steps / n)) for k in range(1, n + 1)})
+
+
+class EvalSchedule(TrainerCallback):  # type: ignore[misc]
+    """Ask the Trainer to evaluate exactly at the given steps."""
+
+    def __init__(self, steps: list[int]):
+        self.steps = set(steps)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if state.global_step in self.steps:
+            control.should_evaluate = True
+            control.should_log = True
+        return control
+
+
+class TrialPrunedSignal(Exception):
+    """Raised by the reporter when the pruner stops a trial (turned into optuna.TrialPruned)."""
+
+
+class ReportEvaluations(TrainerCallback):  # type: ignore[misc]
+    """Collect each evaluation, fail on a NaN loss, and pass it to ``on_eval``.
+
+    ``on_eval(index, metrics) -> bool`` returns True to stop training (pruned).
+    """
+
+    def __init__(self, on_eval: Callable[[int, dict[str, float]], bool] | None):
+        self.on_eval = on_eval
+        self.history: list[dict[str, float]] = []
+        self.pruned = False
+
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any
+    ) -> Any:
+        loss = (logs or {}).get("loss")
+        if isinstance(loss, float) and not math.isfinite(loss):
+            raise FloatingPointError(f"training loss became {loss} at step {state.global_step}")
+        return control
+
+    def on_evaluate(
+        self, args: Any, state: Any, control: Any, metrics: dict[str, Any] | None = None, **kw: Any
+    ) -> Any:
+        m = {
+            k.removeprefix("eval_"): float(v)
+            for k, v in (metrics or {}).items()
+            if isinstance(v, (int, float))
+        }
+        if "loss" in m and not math.isfinite(m["loss"]):
+            raise FloatingPointError(
+                f"validation loss became {m['loss']} at evaluation {len(self.history) + 1}"
+            )
+        m["step"] = float(state.global_step)
+        m["epoch"] = float(state.epoch or 0.0)
+        self.history.append(m)
+        if self.on_eval is not None and self.on_eval(len(self.history), m):
+            self.pruned = True
+            control.should_training_stop = True
+        return control
+
+
+def optuna_reporter(trial: Any, metric: str) -> Callable[[int, dict[str, float]], bool]:
+    """Report ``metric`` of each evaluation to an Optuna trial; True when it should be pruned."""
+
+    def report(index: int, metrics: dict[str, float]) -> bool:
+        trial.report(metrics[metric], step=index)
+        return bool(trial.should_prune())
+
+    return report

@@ -1,0 +1,395 @@
+"""Studies in the storage: samplers and pruners by name, create/resume, one worker's loop."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from importlib import metadata
+from typing import Any
+
+from hpo.config import StudySpec, study_as_dict
+from hpo.errors import UserError
+
+# Keys of the stored study config that must agree before a worker may add trials.
+_MUST_MATCH = ("task", "model", "data", "space", "objective", "budget", "training", "seed")
+
+
+class StudyMismatchError(UserError):
+    """The study in the storage was created from a different study file."""
+
+
+def max_evaluations(spec: StudySpec) -> int:
+    """The pruner's max resource: evaluations in a full-length trial."""
+    return max(1, round(spec.budget.max_epochs * spec.budget.evals_per_epoch))
+
+
+def make_sampler(spec: StudySpec, worker_index: int = 0) -> Any:
+    """The study's sampler; each worker gets its own seed so parallel workers don't repeat."""
+    import optuna
+
+    s = spec.sampler
+    seed = (s.seed if s.seed is not None else spec.seed) + worker_index
+    startup = s.n_startup_trials
+    if startup is None:
+        # A third of the budget explores at random before the model takes over (3..10).
+        startup = max(3, min(10, spec.budget.n_trials // 3))
+    if s.name == "tpe":
+        return optuna.samplers.TPESampler(
+            seed=seed, n_startup_trials=startup, multivariate=True, group=True, constant_liar=True
+        )
+    if s.name == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if s.name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
+    if s.name == "qmc":
+        return optuna.samplers.QMCSampler(seed=seed, scramble=True)
+    raise UserError(f"sampler.name: unknown sampler {s.name!r}")
+
+
+def make_pruner(spec: StudySpec) -> Any:
+    """The study's pruner; resources are evaluation indices (see hpo.pruning)."""
+    import optuna
+
+    p = spec.pruner
+    if p.name == "hyperband":
+        return optuna.pruners.HyperbandPruner(
+            min_resource=p.min_resource or 1,
+            max_resource=max_evaluations(spec),
+            reduction_factor=p.reduction_factor or 3,
+        )
+    if p.name == "successive-halving":
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=p.min_resource or 1, reduction_factor=p.reduction_factor or 3
+        )
+    if p.name == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=2 if p.n_startup_trials is None else p.n_startup_trials,
+            n_warmup_steps=1 if p.n_warmup_steps is None else p.n_warmup_steps,
+        )
+    if p.name == "percentile":
+        return optuna.pruners.PercentilePruner(
+            p.percentile or 25.0,
+            n_startup_trials=2 if p.n_startup_trials is None else p.n_startup_trials,
+            n_warmup_steps=1 if p.n_warmup_steps is None else p.n_warmup_steps,
+        )
+    if p.name == "patient":
+        return optuna.pruners.PatientPruner(None, patience=p.patience or 2)
+    if p.name == "none":
+        return optuna.pruners.NopPruner()
+    raise UserError(f"pruner.name: unknown pruner {p.name!r}")
+
+
+def package_versions() -> dict[str, str]:
+    """Versions of the packages that decide a trial's result."""
+    out = {"python": sys.version.split()[0]}
+    for name in ("hpo", "optuna", "transformers", "peft", "torch", "datasets", "scikit-learn"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    diffs: list[str] = []
+    for key in _MUST_MATCH:
+        a, b = stored.get(key), current.get(key)
+        if json.dumps(a, sort_keys=True, default=str) != json.dumps(b, sort_keys=True, default=str):
+            if isinstance(a, dict) and isinstance(b, dict):
+                sub = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+                diffs.extend(f"{key}.{k}" for k in sub)
+            else:
+                diffs.append(key)
+    return diffs
+
+
+def open_study(
+    spec: StudySpec, storage: Any, *, create: bool = True, fingerprint: str = "", worker_index: int = 0
+) -> Any:
+    """Create the study or load it; refuse to mix trials from a different study file.
+
+    Raises:
+        StudyMismatchError: the stored study's settings differ from ``spec``.
+        UserError: ``create`` is False and the study does not exist.
+    """
+    import optuna
+
+    current = study_as_dict(spec)
+    names = {s.study_name for s in storage.get_all_studies()}
+    if spec.name not in names and not create:
+        raise UserError(
+            f"study {spec.name!r} not found in the storage (known: {', '.join(sorted(names)) or 'none'})"
+        )
+    study = optuna.create_study(
+        study_name=spec.name,
+        storage=storage,
+        direction=spec.direction,  # type: ignore[arg-type]
+        sampler=make_sampler(spec, worker_index),
+        pruner=make_pruner(spec),
+        load_if_exists=True,
+    )
+    attrs = study.user_attrs
+    stored = attrs.get("hpo_config")
+    if stored is None:
+        study.set_metric_names([spec.objective.metric])
+        study.set_user_attr("hpo_config", current)
+        study.set_user_attr("description", spec.summary())
+        study.set_user_attr("metric", spec.objective.metric)
+        study.set_user_attr("study_file", spec.path)
+        study.set_user_attr("versions", package_versions())
+        study.set_user_attr("space_text", spec.space.describe())
+        if fingerprint:
+            study.set_user_attr("data_fingerprint", fingerprint)
+    else:
+        diffs = _differences(stored, current)
+        if study.direction.name.lower() != spec.direction:
+            diffs.append("objective.direction")
+        if diffs:
+            raise StudyMismatchError(
+                f"{spec.path}: study {spec.name!r} already exists with different settings ({', '.join(diffs)}); "
+                "use another name (--study-name) or the original study file"
+            )
+        old_fp = attrs.get("data_fingerprint")
+        if fingerprint and old_fp and old_fp != fingerprint:
+            raise StudyMismatchError(
+                f"{spec.path}: study {spec.name!r} was run on different data (fingerprint {old_fp}, now {fingerprint})"
+            )
+    return study
+
+
+def fmt_params(trial: Any) -> str:
+    """``lora r=8 lr=3.1e-04 bs=16`` for display."""
+    params = dict(trial.params)
+    strategy = params.pop("strategy", trial.user_attrs.get("strategy", "?"))
+    short = {"learning_rate": "lr", "per_device_train_batch_size": "bs"}
+    parts = []
+    for k, v in params.items():
+        name = k.split(".", 1)[1] if "." in k else k
+        name = short.get(name, name)
+        parts.append(
+            f"{name}={v:.2e}"
+            if isinstance(v, float) and (abs(v) < 1e-2)
+            else f"{name}={v:.3g}"
+            if isinstance(v, float)
+            else f"{name}={v}"
+        )
+    return f"{strategy} " + " ".join(parts)
+
+
+def strategy_summary(study: Any) -> list[dict[str, Any]]:
+    """Per strategy: trials by state, best value and the best trial's number and parameters."""
+    import optuna
+
+    TS = optuna.trial.TrialState
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    rows: dict[str, dict[str, Any]] = {}
+    for t in study.get_trials(deepcopy=False):
+        s = t.params.get("strategy", t.user_attrs.get("strategy"))
+        if s is None:
+            continue
+        r = rows.setdefault(
+            s,
+            {
+                "strategy": s,
+                "trials": 0,
+                "complete": 0,
+                "pruned": 0,
+                "fail": 0,
+                "best_value": None,
+                "best_trial": None,
+                "best_params": "",
+            },
+        )
+        r["trials"] += 1
+        if t.state == TS.COMPLETE:
+            r["complete"] += 1
+            v = t.value
+            if (
+                v is not None
+                and math.isfinite(v)
+                and (r["best_value"] is None or (v > r["best_value"] if maximize else v < r["best_value"]))
+            ):
+                r["best_value"], r["best_trial"], r["best_params"] = v, t.number, fmt_params(t)
+        elif t.state == TS.PRUNED:
+            r["pruned"] += 1
+        elif t.state == TS.FAIL:
+            r["fail"] += 1
+    return sorted(
+        rows.values(),
+        key=lambda r: (
+            r["best_value"] is None,
+            -(r["best_value"] or 0) if maximize else (r["best_value"] or 0),
+        ),
+    )
+
+
+def format_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
+    """A plain fixed-width table."""
+    if not rows:
+        return "(no rows)"
+    columns = columns or list(rows[0])
+
+    def cell(v: Any) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:.4f}"
+        return str(v)
+
+    widths = {c: max(len(c), *(len(cell(r.get(c))) for r in rows)) for c in columns}
+    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
+    lines += ["  ".join(cell(r.get(c)).ljust(widths[c]) for c in columns) for r in rows]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+class ProgressPrinter:
+    """Prints one line per evaluation and per finished trial, with the study's best so far."""
+
+    def __init__(self, spec: StudySpec, worker: str = "", stream: Any = None):
+        self.metric = spec.objective.metric
+        self.worker = worker
+        self.stream = stream or sys.stdout
+        self.n_evals = max_evaluations(spec)
+        self.started: dict[int, float] = {}
+
+    def _p(self, text: str) -> None:
+        prefix = f"[{self.worker}] " if self.worker else ""
+        print(prefix + text, file=self.stream, flush=True)
+
+    def eval_hook(self, trial: Any) -> Callable[[int, dict[str, float]], None]:
+        self.started.setdefault(trial.number, time.perf_counter())
+
+        def hook(index: int, metrics: dict[str, float]) -> None:
+            bar = "#" * index + "." * max(0, self.n_evals - index)
+            self._p(
+                f"trial {trial.number:>3} [{bar}] eval {index}/{self.n_evals} {self.metric}={metrics.get(self.metric, float('nan')):.4f}"
+            )
+
+        return hook
+
+    def __call__(self, study: Any, trial: Any) -> None:
+        import optuna
+
+        secs = time.perf_counter() - self.started.pop(trial.number, time.perf_counter())
+        state = trial.state.name
+        value = f" {self.metric}={trial.value:.4f}" if trial.value is not None else ""
+        reason = (
+            f" ({trial.user_attrs.get('fail_reason', '')})"
+            if trial.state == optuna.trial.TrialState.FAIL
+            else ""
+        )
+        try:
+            best = study.best_trial
+            best_txt = f"best {best.value:.4f} (#{best.number} {best.params.get('strategy', '')})"
+        except ValueError:
+            best_txt = "best -"
+        self._p(
+            f"trial {trial.number:>3} {state:<8}{value} {secs:6.1f}s  {fmt_params(trial)}{reason}  | {best_txt}"
+        )
+
+
+def run_worker(
+    spec: StudySpec,
+    storage_url: str,
+    *,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    worker_index: int = 0,
+    create: bool = True,
+    quiet: bool = False,
+    ctx: Any = None,
+) -> Any:
+    """Load data once, open the study and optimize; returns the study.
+
+    Data and storage problems raise before any trial starts; a trial that raises is stored
+    as FAIL with its reason and the loop goes on.
+    """
+    import optuna
+
+    from hpo.objective import make_objective, prepare
+    from hpo.storage import open_storage
+
+    # Failed trials are reported by ProgressPrinter with their reason; Optuna's own warning
+    # would repeat it with a traceback.
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    _quiet_transformers()
+    if ctx is None:
+        ctx = prepare(spec)  # data errors surface here, before the database is touched
+    storage = open_storage(
+        storage_url,
+        heartbeat_interval=spec.execution.heartbeat_interval,
+        grace_period=spec.execution.grace_period,
+        max_retries=spec.execution.max_retries,
+    )
+    study = open_study(
+        spec, storage, create=create, fingerprint=ctx.data.fingerprint, worker_index=worker_index
+    )
+    printer = ProgressPrinter(
+        spec, worker=ctx.worker if worker_index else "", stream=sys.stderr if quiet else None
+    )
+    objective = make_objective(ctx, on_trial_start=None if quiet else printer.eval_hook)
+    study.optimize(
+        objective,
+        n_trials=n_trials if n_trials is not None else spec.budget.n_trials,
+        timeout=timeout if timeout is not None else spec.budget.timeout,
+        catch=(Exception,),
+        callbacks=[] if quiet else [printer],
+    )
+    return study
+
+
+def _quiet_transformers() -> None:
+    import logging
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    logging.getLogger("datasets").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def list_studies(storage_url: str) -> list[dict[str, Any]]:
+    """One row per study: trials by state, best value and best strategy."""
+    import optuna
+
+    from hpo.storage import open_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(storage_url)
+    rows = []
+    for frozen in sorted(storage.get_all_studies(), key=lambda s: s.study_name):
+        study = optuna.load_study(study_name=frozen.study_name, storage=storage)
+        trials = study.get_trials(deepcopy=False)
+        by_state = {s: 0 for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
+        for t in trials:
+            by_state[t.state.name] = by_state.get(t.state.name, 0) + 1
+        best_value = best_strategy = None
+        if by_state["COMPLETE"]:
+            try:
+                best = study.best_trial
+                best_value, best_strategy = (
+                    best.value,
+                    best.params.get("strategy", best.user_attrs.get("strategy")),
+                )
+            except ValueError:
+                pass
+        rows.append(
+            {
+                "study": frozen.study_name,
+                "metric": frozen.user_attrs.get("metric", "value"),
+                "direction": study.direction.name.lower(),
+                "trials": len(trials),
+                "complete": by_state["COMPLETE"],
+                "pruned": by_state["PRUNED"],
+                "fail": by_state["FAIL"],
+                "running": by_state["RUNNING"],
+                "best_value": best_value,
+                "best_strategy": best_strategy,
+            }
+        )
+    return rows

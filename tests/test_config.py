@@ -1,0 +1,165 @@
+"""Study and search-space files: every problem reported at once, nothing written anywhere."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hpo._yaml import YamlError, loads_yaml
+from hpo.cli import main
+from hpo.config import ConfigError, load_space_file, load_study
+from hpo.space import SHIPPED_DIR
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_yaml_reads_exponent_floats_and_rejects_duplicates() -> None:
+    assert loads_yaml("a: 1e-5\nb: 3") == {"a": 1e-5, "b": 3}
+    with pytest.raises(YamlError, match=r"x.yaml: line 3: duplicate key 'a'"):
+        loads_yaml("a: 1\nb: 2\na: 3\n", "x.yaml")
+
+
+@pytest.mark.parametrize("name", ["quickstart", "sst2-minilm", "imdb-bert"])
+def test_shipped_studies_validate(name: str) -> None:
+    spec = load_study(ROOT / "studies" / f"{name}.yaml")
+    assert spec.name == name
+    assert set(spec.space.strategies) >= {"full", "lora"}
+
+
+def test_default_space_is_the_product_card() -> None:
+    space = load_space_file(SHIPPED_DIR / "default.yaml")
+    assert space.strategies == ["full", "partial", "adapter", "lora", "prompt"]
+    lr = space.shared["learning_rate"]
+    assert (lr.kind, lr.low, lr.high, lr.log) == ("float", 2e-5, 5e-5, True)
+    assert space.shared["per_device_train_batch_size"].choices == (8, 16, 32)
+    assert space.per_strategy["lora"]["r"].choices == (4, 8, 16, 32)
+
+
+def test_strategy_aware_space_overrides_learning_rate_per_strategy() -> None:
+    import optuna
+
+    space = load_space_file(SHIPPED_DIR / "strategy-aware.yaml")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen: dict[str, set[str]] = {}
+    for _ in range(40):
+        trial = study.ask()
+        cfg = space.sample(trial)
+        seen.setdefault(cfg.strategy, set()).update(trial.params)
+        if cfg.strategy == "lora":
+            assert 1e-4 <= cfg.training["learning_rate"] <= 1e-3
+            assert "lora.learning_rate" in trial.params and "learning_rate" not in trial.params
+            assert cfg.strategy_params["r"] in (4, 8, 16, 32)
+        if cfg.strategy == "prompt":
+            assert 1e-3 <= cfg.training["learning_rate"] <= 0.3
+        if cfg.strategy == "full":
+            assert 2e-5 <= cfg.training["learning_rate"] <= 5e-5
+            assert not any(k.startswith("lora.") for k in trial.params)
+        study.tell(trial, 0.5)
+    assert set(seen) == {"full", "partial", "adapter", "lora", "prompt"}
+    assert "lora.r" in seen["lora"] and "lora.r" not in seen["full"]
+
+
+BROKEN = """\
+name: broken
+model: minilm
+data:
+  source: builtin:reviews
+  txt: sentence
+  train_limit: -5
+space:
+  strategy: [full, lora, qlora]
+  learning_rate: {low: 5.0e-5, high: 2.0e-5, log: true}
+  per_device_train_batch_size: [8, 0]
+  strategies:
+    lora: {r: [4, 8], rank: 3}
+objective: {metric: bleu}
+budget: {n_trials: 0, evals_per_epoch: 2}
+pruner: {name: hyperband, percentile: 30}
+colour: blue
+"""
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    f = tmp_path / "broken.yaml"
+    f.write_text(BROKEN)
+    with pytest.raises(ConfigError) as exc:
+        load_study(f)
+    text = "\n".join(exc.value.problems)
+    for expected in [
+        "colour: unknown key",
+        "data.txt: unknown key",
+        "data.train_limit",
+        "strategy: unknown strategy 'qlora' (known: adapter, full, lora, partial, prompt)",
+        "learning_rate: low must be <= high",
+        "per_device_train_batch_size: must be >= 1, got 0",
+        "strategies.lora.rank: unknown parameter for strategy 'lora'",
+        "objective.metric: unknown metric 'bleu'",
+        "budget.n_trials: must be >= 1, got 0",
+        "pruner.percentile: not an option of pruner 'hyperband'",
+    ]:
+        assert expected in text, f"missing {expected!r} in:\n{text}"
+    assert all(p.startswith(str(f)) for p in exc.value.problems)
+
+
+def test_validate_cli_lists_all_problems_and_touches_no_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f = tmp_path / "broken.yaml"
+    f.write_text(BROKEN)
+    monkeypatch.chdir(tmp_path)
+    assert main(["validate", str(f)]) == 1
+    err = capsys.readouterr().err
+    assert err.count(str(f)) >= 10
+    assert "Traceback" not in err
+    # run refuses too, before any storage is created
+    assert main(["run", str(f), "--storage", f"sqlite:///{tmp_path / 'x.db'}"]) == 1
+    assert not (tmp_path / "x.db").exists()
+    assert not (tmp_path / "studies").exists()
+
+
+def test_prefix_tuning_on_bert_is_rejected_at_validation(tmp_path: Path) -> None:
+    f = tmp_path / "s.yaml"
+    f.write_text(
+        "name: p\nmodel: minilm\ndata: {source: builtin:reviews}\n"
+        "space:\n  strategy: [prompt]\n  strategies:\n    prompt: {prompt_type: [prompt, prefix]}\n"
+    )
+    with pytest.raises(ConfigError, match="prefix"):
+        load_study(f)
+
+
+def test_set_overrides_and_space_by_path(tmp_path: Path) -> None:
+    (tmp_path / "my-space.yaml").write_text("strategy: [lora]\nlearning_rate: 1e-4\n")
+    f = tmp_path / "s.yaml"
+    f.write_text("name: s\nmodel: minilm\ndata: {source: builtin:reviews}\nspace: my-space.yaml\n")
+    spec = load_study(f, {"budget.n_trials": 3, "seed": 7})
+    assert spec.budget.n_trials == 3 and spec.seed == 7 and spec.data.seed == 7
+    assert spec.space.shared["learning_rate"].value == 1e-4
+
+
+def test_unknown_space_name_lists_shipped(tmp_path: Path) -> None:
+    f = tmp_path / "s.yaml"
+    f.write_text("name: s\nmodel: minilm\ndata: {source: builtin:reviews}\nspace: nope\n")
+    with pytest.raises(ConfigError, match="shipped: default, strategy-aware"):
+        load_study(f)
+
+
+def test_validate_prints_resolved_conditional_space(capsys: pytest.CaptureFixture[str]) -> None:
+    assert (
+        main(["validate", str(ROOT / "studies" / "quickstart.yaml"), str(SHIPPED_DIR / "default.yaml")]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "when strategy = lora:" in out and "lora.r: 4 | 8 | 16 | 32" in out
+    assert "lora.learning_rate: float [0.0001, 0.001] log  (overrides shared)" in out
+
+
+def test_cli_start_path_imports_no_torch() -> None:
+    code = (
+        "import sys; from hpo.cli import main; "
+        "rc = main(['validate', 'studies/quickstart.yaml']); "
+        "assert rc == 0; bad = [m for m in ('torch', 'transformers', 'ray') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True)

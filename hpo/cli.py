@@ -189,8 +189,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from hpo.report import write_report
 
-    for path in write_report(_storage(args), args.name, Path(args.output)):
+    report = write_report(_storage(args), args.name, Path(args.output))
+    for path in report.paths:
         print(path)
+    for note in report.skipped:
+        print(f"skipped {note}", file=sys.stderr)
     return 0
 
 

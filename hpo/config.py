@@ -425,7 +425,7 @@ def parse_study(raw: dict[str, Any], path: Path) -> StudySpec:
     space_ref = raw.get("space", "default")
     space: SearchSpace | None = None
     if isinstance(space_ref, dict):
-        space = parse_space(space_ref, fname, model_config, problems, prefix="space.")
+        space = parse_space(space_ref, fname, model_config, problems, prefix="space.", task=task)
         space_ref = "inline"
     elif not isinstance(space_ref, str):
         err(f"space: expected a shipped space name, a file path or a mapping, got {space_ref!r}")
@@ -442,7 +442,7 @@ def parse_study(raw: dict[str, Any], path: Path) -> StudySpec:
             )
             problems.append(msg if space_path.exists() else f"{fname}: {msg}")
         else:
-            space = parse_space(raw_space, str(space_path), model_config, problems)
+            space = parse_space(raw_space, str(space_path), model_config, problems, task=task)
 
     if problems:
         raise ConfigError(problems)

@@ -296,7 +296,12 @@ def resolve_space_path(ref: str, base_dir: Path) -> Path:
 
 
 def parse_space(
-    raw: Any, source: str, model_config: dict[str, Any] | None, problems: list[str], prefix: str = ""
+    raw: Any,
+    source: str,
+    model_config: dict[str, Any] | None,
+    problems: list[str],
+    prefix: str = "",
+    task: str | None = None,
 ) -> SearchSpace | None:
     """Validate a space mapping; append ``source: key: problem`` lines to ``problems``."""
     from hpo.strategies import STRATEGIES
@@ -381,7 +386,7 @@ def parse_space(
         for combo in combos:
             values = dict(st.params)
             values.update(dict(zip(names, combo, strict=True)))
-            for msg in st.check(model_config, values):
+            for msg in st.check(model_config, values, task=task):
                 if msg not in seen:
                     seen.add(msg)
                     local.append(f"strategies.{sname}: {msg}")

@@ -26,6 +26,15 @@ def max_evaluations(spec: StudySpec) -> int:
     return max(1, round(spec.budget.max_epochs * spec.budget.evals_per_epoch))
 
 
+def hyperband_brackets(spec: StudySpec) -> int:
+    """Brackets the hyperband pruner uses: as many as the resources allow, but at least
+    reduction_factor**2 trials of the budget per bracket (so one bracket below ~2 x 9 trials)."""
+    p = spec.pruner
+    min_resource, rf = p.min_resource or 1, p.reduction_factor or 3
+    natural = math.floor(math.log(max(1, max_evaluations(spec) / min_resource), rf) + 1e-9) + 1
+    return max(1, min(natural, spec.budget.n_trials // (2 * rf**2)))
+
+
 def make_sampler(spec: StudySpec, worker_index: int = 0) -> Any:
     """The study's sampler; each worker gets its own seed so parallel workers don't repeat."""
     import optuna
@@ -55,10 +64,15 @@ def make_pruner(spec: StudySpec) -> Any:
 
     p = spec.pruner
     if p.name == "hyperband":
+        min_resource, rf = p.min_resource or 1, p.reduction_factor or 3
+        if hyperband_brackets(spec) == 1:
+            # Hyperband with one bracket is successive halving. Optuna's Hyperband splits the
+            # trials over floor(log_rf(max/min)) + 1 brackets, each pruning only against its
+            # own trials; with rf**2 trials or fewer per bracket, trials in the later
+            # brackets run to their first rung unopposed (benchmarks/RESULTS.md).
+            return optuna.pruners.SuccessiveHalvingPruner(min_resource=min_resource, reduction_factor=rf)
         return optuna.pruners.HyperbandPruner(
-            min_resource=p.min_resource or 1,
-            max_resource=max_evaluations(spec),
-            reduction_factor=p.reduction_factor or 3,
+            min_resource=min_resource, max_resource=max_evaluations(spec), reduction_factor=rf
         )
     if p.name == "successive-halving":
         return optuna.pruners.SuccessiveHalvingPruner(
@@ -301,16 +315,20 @@ def run_worker(
     create: bool = True,
     quiet: bool = False,
     ctx: Any = None,
+    budget: Any = None,
 ) -> Any:
     """Load data once, open the study and optimize; returns the study.
 
     Data and storage problems raise before any trial starts; a trial that raises is stored
-    as FAIL with its reason and the loop goes on.
+    as FAIL with its reason and the loop goes on. Trials of dead workers (stale heartbeat) are
+    failed first and their retries run (see ``hpo.launch.optimize_loop``); ``budget`` is the
+    trial budget shared by local worker processes (``hpo.launch.Budget``).
     """
     import optuna
 
+    from hpo.launch import optimize_loop
     from hpo.objective import make_objective, prepare
-    from hpo.storage import open_storage
+    from hpo.storage import open_storage, sweep_stale_trials
 
     # Failed trials are reported by ProgressPrinter with their reason; Optuna's own warning
     # would repeat it with a traceback.
@@ -331,12 +349,16 @@ def run_worker(
         spec, worker=ctx.worker if worker_index else "", stream=sys.stderr if quiet else None
     )
     objective = make_objective(ctx, on_trial_start=None if quiet else printer.eval_hook)
-    study.optimize(
+    swept = sweep_stale_trials(study)
+    if swept and not quiet:
+        print(f"failed {len(swept)} orphaned trial(s) whose worker stopped: {swept}", flush=True)
+    optimize_loop(
+        study,
         objective,
         n_trials=n_trials if n_trials is not None else spec.budget.n_trials,
         timeout=timeout if timeout is not None else spec.budget.timeout,
-        catch=(Exception,),
         callbacks=[] if quiet else [printer],
+        budget=budget,
     )
     return study
 
@@ -345,9 +367,13 @@ def _quiet_transformers() -> None:
     import logging
     import warnings
 
+    import optuna
     from transformers.utils import logging as hf_logging
 
+    # hpo relies on heartbeats, retry callbacks and metric names on purpose.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     logging.getLogger("datasets").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=UserWarning)
     warnings.filterwarnings("ignore", category=FutureWarning)

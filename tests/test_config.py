@@ -142,7 +142,7 @@ def test_set_overrides_and_space_by_path(tmp_path: Path) -> None:
 def test_unknown_space_name_lists_shipped(tmp_path: Path) -> None:
     f = tmp_path / "s.yaml"
     f.write_text("name: s\nmodel: minilm\ndata: {source: builtin:reviews}\nspace: nope\n")
-    with pytest.raises(ConfigError, match="shipped: default, strategy-aware"):
+    with pytest.raises(ConfigError, match="shipped: default, quickstart, strategy-aware"):
         load_study(f)
 
 
@@ -152,7 +152,7 @@ def test_validate_prints_resolved_conditional_space(capsys: pytest.CaptureFixtur
     )
     out = capsys.readouterr().out
     assert "when strategy = lora:" in out and "lora.r: 4 | 8 | 16 | 32" in out
-    assert "lora.learning_rate: float [0.0001, 0.001] log  (overrides shared)" in out
+    assert "lora.learning_rate: float [0.001, 0.005] log  (overrides shared)" in out
 
 
 def test_cli_start_path_imports_no_torch() -> None:

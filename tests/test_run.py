@@ -1,0 +1,156 @@
+"""End to end on one machine: a tiny BERT trained for real, trials stored, pruned, failed, resumed."""
+
+from __future__ import annotations
+
+import glob
+import json
+import tempfile
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import write_study
+
+from hpo.cli import main
+from hpo.config import load_study
+from hpo.study import run_worker
+
+TS = optuna.trial.TrialState
+
+
+def _study(url: str, name: str = "tiny") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def test_run_records_trials_prunes_and_resumes(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    path = write_study(
+        tmp_path,
+        tiny_model_dir,
+        budget={"n_trials": 5, "max_epochs": 1, "evals_per_epoch": 3},
+        # Validation loss varies continuously even on a tiny model; prune anything worse than
+        # the best trial so far at the same evaluation.
+        objective={"metric": "loss"},
+        pruner={"name": "percentile", "percentile": 99.0, "n_startup_trials": 1, "n_warmup_steps": 0},
+        sampler={"name": "random", "seed": 3},
+    )
+    assert main(["run", str(path), "--storage", url]) == 0
+    out = capsys.readouterr().out
+    assert "per strategy:" in out and "best: trial" in out
+
+    study = _study(url)
+    trials = study.get_trials()
+    assert len(trials) == 5
+    assert {t.state for t in trials} <= {TS.COMPLETE, TS.PRUNED}
+    assert any(t.state == TS.PRUNED for t in trials), [t.state for t in trials]
+    for t in trials:
+        assert t.intermediate_values, f"trial {t.number} has no intermediate values"
+        assert set(t.intermediate_values) <= {1, 2, 3}
+        strategy = t.params["strategy"]
+        assert t.user_attrs["strategy"] == strategy
+        assert ("lora.r" in t.params) == (strategy == "lora")
+        if t.state == TS.COMPLETE:
+            a = t.user_attrs
+            for key in (
+                "trainable_params",
+                "total_params",
+                "val_accuracy",
+                "val_precision",
+                "val_recall",
+                "val_f1",
+                "val_loss",
+                "train_seconds",
+                "samples_per_second",
+                "peak_memory_mb",
+                "device",
+                "worker",
+                "seed",
+            ):
+                assert key in a, key
+            assert 0.0 <= a["val_accuracy"] <= 1.0 and a["val_loss"] == t.value
+            assert 0 < a["trainable_params"] <= a["total_params"]
+            assert (a["trainable_params"] == a["total_params"]) == (strategy == "full")
+            assert a["device"] == "cpu" and a["peak_memory_mb"] > 0
+            cfg = json.loads(a["config"])
+            assert cfg["strategy"] == strategy
+            assert cfg["training"]["learning_rate"] == t.params["learning_rate"]
+    # The study carries what the dashboard and later workers need.
+    assert study.metric_names == ["loss"]
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE
+    assert study.user_attrs["hpo_config"]["space"]["strategy"] == ["full", "lora"]
+    assert study.user_attrs["data_fingerprint"]
+    # No checkpoint litter.
+    assert list(scratch.iterdir()) == []
+    assert not glob.glob(str(tmp_path / "**" / "checkpoint-*"), recursive=True)
+
+    # Running the same study again resumes it and adds trials.
+    assert main(["run", str(path), "--storage", url, "--n-trials", "2"]) == 0
+    assert len(_study(url).get_trials()) == 7
+
+    # `hpo studies` lists it with counts by state and the best strategy.
+    capsys.readouterr()
+    assert main(["studies", "--storage", url]) == 0
+    listing = capsys.readouterr().out
+    assert "tiny" in listing and "best_strategy" in listing
+
+
+def test_failing_trial_is_recorded_and_the_study_goes_on(tmp_path: Path, tiny_model_dir: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    path = write_study(
+        tmp_path,
+        tiny_model_dir,
+        space={
+            "strategy": ["lora", "full"],
+            "learning_rate": 1e-3,
+            "per_device_train_batch_size": 16,
+            # No such module in BERT: the strategy raises when the trial builds its model.
+            "strategies": {"lora": {"target_modules": "no_such_module"}},
+        },
+        sampler={"name": "random", "seed": 0},
+        budget={"n_trials": 4, "max_epochs": 1, "evals_per_epoch": 1},
+    )
+    spec = load_study(path)
+    run_worker(spec, url, quiet=True)
+    trials = _study(url).get_trials()
+    assert len(trials) == 4
+    failed = [t for t in trials if t.state == TS.FAIL]
+    done = [t for t in trials if t.state == TS.COMPLETE]
+    assert failed and done
+    assert all(t.params["strategy"] == "lora" for t in failed)
+    assert all("target_modules" in t.user_attrs["fail_reason"] for t in failed)
+    assert all(t.params["strategy"] == "full" for t in done)
+
+
+def test_bad_data_is_a_user_error_before_any_database(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    csv = tmp_path / "d.csv"
+    csv.write_text("sentence,label\n" + "".join(f"text {i},{i % 2}\n" for i in range(40)))
+    path = write_study(tmp_path, tiny_model_dir, data={"source": str(csv), "text": "review"})
+    db = tmp_path / "x.db"
+    assert main(["run", str(path), "--storage", f"sqlite:///{db}"]) == 1
+    err = capsys.readouterr().err
+    assert "review" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not db.exists()
+
+
+def test_changed_study_file_does_not_mix_into_existing_study(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    path = write_study(
+        tmp_path, tiny_model_dir, budget={"n_trials": 1, "max_epochs": 1, "evals_per_epoch": 1}
+    )
+    assert main(["run", str(path), "--storage", url]) == 0
+    path = write_study(
+        tmp_path, tiny_model_dir, budget={"n_trials": 1, "max_epochs": 1, "evals_per_epoch": 1}, seed=5
+    )
+    capsys.readouterr()
+    assert main(["run", str(path), "--storage", url]) == 1
+    assert "already exists with different settings (data.seed, seed)" in capsys.readouterr().err
+    assert len(_study(url).get_trials()) == 1

@@ -29,7 +29,6 @@ browser:
 
 lint: $(STAMP)
 	$(BIN)/ruff check hpo tests benchmarks
-	$(BIN)/ruff format --check hpo tests benchmarks || true
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -37,9 +36,7 @@ typecheck: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not gpu"
 
-test: $(STAMP) browser
-	$(BIN)/ruff check hpo tests benchmarks
-	$(BIN)/mypy
+test: $(STAMP) browser lint typecheck
 	$(BIN)/python -m pytest -q -m "not gpu"
 
 clean:

@@ -91,6 +91,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     workers = args.workers if args.workers is not None else spec.execution.workers
     n_trials = args.n_trials if args.n_trials is not None else spec.budget.n_trials
     timeout = args.timeout if args.timeout is not None else spec.budget.timeout
+    gpus = args.gpus if args.gpus is not None else spec.execution.gpus
+    per_gpu = args.trials_per_gpu if args.trials_per_gpu is not None else spec.execution.trials_per_gpu
     print(
         f"study {spec.name!r} in {redact(url)}: {n_trials} trials, space {spec.space_ref} "
         f"({', '.join(spec.space.strategies)}), {spec.objective.metric} ({spec.direction})",
@@ -105,10 +107,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             address=args.address,
             n_trials=n_trials,
             timeout=timeout,
-            gpus=args.gpus,
-            trials_per_gpu=args.trials_per_gpu,
+            gpus=gpus,
+            trials_per_gpu=per_gpu,
         )
-    elif workers == 1 and not args.gpus:
+    elif workers == 1 and not gpus:
         from hpo.study import run_worker
 
         study = run_worker(spec, url, n_trials=n_trials, timeout=timeout)
@@ -119,8 +121,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             spec,
             url,
             workers=workers,
-            gpus=args.gpus,
-            trials_per_gpu=args.trials_per_gpu,
+            gpus=gpus,
+            trials_per_gpu=per_gpu,
             n_trials=n_trials,
             timeout=timeout,
         )
@@ -130,8 +132,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def print_summary(study: Any) -> None:
     """Best trial and a per-strategy table, after a run."""
-    import optuna
-
+    from hpo.compare import best_trial
     from hpo.study import fmt_params, format_table, strategy_summary
 
     trials = study.get_trials(deepcopy=False)
@@ -141,9 +142,8 @@ def print_summary(study: Any) -> None:
     print(
         f"\nstudy {study.study_name!r}: {len(trials)} trials ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})"
     )
-    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if complete:
-        best = study.best_trial
+    best = best_trial(study)  # stopped-early (Ray ASHA) trials never count as best
+    if best is not None:
         metric = study.user_attrs.get("metric", "value")
         print(f"best: trial {best.number} {metric}={best.value:.4f}  {fmt_params(best)}")
     print("\nper strategy:")
@@ -343,6 +343,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"hpo {args.command}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `hpo compare ... | head`: the reader left; nothing is wrong with the command.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except Exception as e:
         from hpo.data import DataError
         from hpo.storage import redact

@@ -105,6 +105,8 @@ class ExecutionSpec:
     """How often a trial whose worker died is retried with the same parameters."""
     device: str = "auto"
     """auto (CUDA when visible, else CPU), cpu or cuda."""
+    min_micro_batch: int = 1
+    """Out of memory: the micro-batch is halved (accumulation doubled) down to this floor."""
 
 
 @dataclass
@@ -388,6 +390,8 @@ def parse_study(raw: dict[str, Any], path: Path) -> StudySpec:
         err(f"execution.workers: must be >= 1, got {execution.workers}")
     if execution.trials_per_gpu < 1:
         err(f"execution.trials_per_gpu: must be >= 1, got {execution.trials_per_gpu}")
+    if execution.min_micro_batch < 1:
+        err(f"execution.min_micro_batch: must be >= 1, got {execution.min_micro_batch}")
     if execution.max_retries < 0:
         err(f"execution.max_retries: must be >= 0, got {execution.max_retries}")
     if execution.device not in ("auto", "cpu", "cuda"):

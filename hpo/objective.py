@@ -314,20 +314,27 @@ def make_objective(
 
     from hpo.oom import memory_baseline, train_with_oom_retry
     from hpo.pruning import optuna_reporter
+    from hpo.storage import AttrBuffer, write_user_attrs
 
     spec = ctx.spec
     metric = spec.objective.metric
     baseline = memory_baseline(ctx.device)
 
     def objective(trial: Any) -> float:
-        # First, so that a launcher can tell which trial a worker that died was running.
-        trial.set_user_attr("worker", ctx.worker)
         cfg = spec.space.sample(trial, spec.training)
         seed = trial_seed(spec)
-        trial.set_user_attr("strategy", cfg.strategy)
-        trial.set_user_attr("config", json.dumps(cfg.to_dict(), sort_keys=True))
-        trial.set_user_attr("seed", seed)
-        trial.set_user_attr("device", ctx.device)
+        # One transaction for all (hpo.storage.AttrBuffer); "worker" tells a launcher which
+        # trial a worker that died was running.
+        write_user_attrs(
+            trial,
+            {
+                "worker": ctx.worker,
+                "strategy": cfg.strategy,
+                "config": json.dumps(cfg.to_dict(), sort_keys=True),
+                "seed": seed,
+                "device": ctx.device,
+            },
+        )
         report = optuna_reporter(trial, metric)
         show = on_trial_start(trial) if on_trial_start else None
 
@@ -342,14 +349,16 @@ def make_objective(
                 lambda c: train_and_evaluate(ctx, c, seed, on_eval=on_eval),
                 cfg,
                 device=ctx.device,
-                floor=int(getattr(spec.execution, "min_micro_batch", 1) or 1),
+                floor=spec.execution.min_micro_batch,
                 record=trial.set_user_attr,
                 baseline_bytes=baseline,
             )
         except Exception as e:
             trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:1000])
             raise
-        record_outcome(trial, out)
+        attrs = AttrBuffer(trial)
+        record_outcome(attrs, out)
+        attrs.flush()
         if out.pruned:
             raise optuna.TrialPruned(f"pruned after evaluation {len(out.history)}")
         return out.metrics[metric]

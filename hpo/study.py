@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Callable
 from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from hpo.config import StudySpec, study_as_dict
@@ -152,7 +153,8 @@ def open_study(
         study.set_user_attr("hpo_config", current)
         study.set_user_attr("description", spec.summary())
         study.set_user_attr("metric", spec.objective.metric)
-        study.set_user_attr("study_file", spec.path)
+        # absolute: `hpo export` resolves the study's relative data paths against its folder
+        study.set_user_attr("study_file", str(Path(spec.path).resolve()) if spec.path else "")
         study.set_user_attr("versions", package_versions())
         study.set_user_attr("space_text", spec.space.describe())
         if fingerprint:
@@ -194,50 +196,14 @@ def fmt_params(trial: Any) -> str:
 
 
 def strategy_summary(study: Any) -> list[dict[str, Any]]:
-    """Per strategy: trials by state, best value and the best trial's number and parameters."""
-    import optuna
+    """Per strategy: trials by state, best value and the best trial's number and parameters.
 
-    TS = optuna.trial.TrialState
-    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    rows: dict[str, dict[str, Any]] = {}
-    for t in study.get_trials(deepcopy=False):
-        s = t.params.get("strategy", t.user_attrs.get("strategy"))
-        if s is None:
-            continue
-        r = rows.setdefault(
-            s,
-            {
-                "strategy": s,
-                "trials": 0,
-                "complete": 0,
-                "pruned": 0,
-                "fail": 0,
-                "best_value": None,
-                "best_trial": None,
-                "best_params": "",
-            },
-        )
-        r["trials"] += 1
-        if t.state == TS.COMPLETE:
-            r["complete"] += 1
-            v = t.value
-            if (
-                v is not None
-                and math.isfinite(v)
-                and (r["best_value"] is None or (v > r["best_value"] if maximize else v < r["best_value"]))
-            ):
-                r["best_value"], r["best_trial"], r["best_params"] = v, t.number, fmt_params(t)
-        elif t.state == TS.PRUNED:
-            r["pruned"] += 1
-        elif t.state == TS.FAIL:
-            r["fail"] += 1
-    return sorted(
-        rows.values(),
-        key=lambda r: (
-            r["best_value"] is None,
-            -(r["best_value"] or 0) if maximize else (r["best_value"] or 0),
-        ),
-    )
+    The rules (stopped-early trials, best trial) live in :mod:`hpo.compare`, shared with
+    ``hpo compare``.
+    """
+    from hpo.compare import strategy_rows
+
+    return strategy_rows(study)
 
 
 def format_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
@@ -336,6 +302,8 @@ def run_worker(
     _quiet_transformers()
     if ctx is None:
         ctx = prepare(spec)  # data errors surface here, before the database is touched
+    # Base weights load once per worker, now: a bad model fails here, not in every trial.
+    ctx.base_model()
     storage = open_storage(
         storage_url,
         heartbeat_interval=spec.execution.heartbeat_interval,

@@ -1,0 +1,261 @@
+"""The product card's space (search_spaces/default.yaml) against strategy-aware.yaml.
+
+Both spaces search the same five strategies (full, partial, adapter, LoRA, prompt) on the
+same data with the same trial budget, sampler seed and hpo defaults (pruner, evaluations per
+epoch); they differ only in the learning-rate range each strategy may use. Full run: MiniLM,
+1,000 seeded SST-2 training sentences, dev.tsv for validation, 64 tokens, 1 epoch, 10 trials
+per space (about 25 minutes on 2 CPU cores). Reported: best accuracy per strategy and overall,
+trials per strategy, pruned trials, compute seconds.
+
+    python benchmarks/space_card_vs_aware.py            # full run
+    python benchmarks/space_card_vs_aware.py --quick    # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks._common import (  # noqa: E402
+    RESULTS_DIR,
+    SST2_DIR,
+    LoadSampler,
+    Stopwatch,
+    machine,
+    now_iso,
+    quiet,
+    summarize,
+    trial_rows,
+    versions,
+    write_json,
+)
+
+SPACES = ("default", "strategy-aware")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny subset, 3 trials per space")
+    p.add_argument("--model", default="minilm", help="minilm (the packaged MiniLM) or a model folder")
+    p.add_argument("--data", default=str(SST2_DIR), help="folder with train.tsv and dev.tsv")
+    p.add_argument("--train-limit", type=int, default=None, help="training sentences (1000; quick 64)")
+    p.add_argument("--validation-limit", type=int, default=None, help="dev sentences (all; quick 64)")
+    p.add_argument("--max-length", type=int, default=None, help="tokens per sentence (64; quick 32)")
+    p.add_argument("--epochs", type=float, default=1.0, help="epochs per trial")
+    p.add_argument("--n-trials", type=int, default=None, help="trials per space (10; quick 3)")
+    p.add_argument("--seed", type=int, default=0, help="sampler, data and training seed")
+    p.add_argument("--out", type=Path, default=None, help="JSON result file")
+    a = p.parse_args(argv)
+    q = a.quick
+    a.train_limit = a.train_limit or (64 if q else 1000)
+    a.validation_limit = a.validation_limit or (64 if q else None)
+    a.max_length = a.max_length or (32 if q else 64)
+    a.n_trials = a.n_trials or (3 if q else 10)
+    a.out = a.out or RESULTS_DIR / ("space_card_vs_aware_quick.json" if q else "space_card_vs_aware.json")
+    return a
+
+
+def study_yaml(a: argparse.Namespace, space: str) -> str:
+    """One study per space; everything else identical."""
+    import yaml
+
+    data: dict[str, Any] = {
+        "source": str(Path(a.data).resolve()),
+        "text": "sentence",
+        "label": "label",
+        "train_limit": a.train_limit,
+        "validation": "dev.tsv",
+        "max_length": a.max_length,
+    }
+    if a.validation_limit:
+        data["validation_limit"] = a.validation_limit
+    study = {
+        "name": f"space-{space}",
+        "task": "sequence-classification",
+        "model": a.model,
+        "data": data,
+        "space": space,
+        "objective": {"metric": "accuracy", "direction": "maximize"},
+        "budget": {"n_trials": a.n_trials, "max_epochs": a.epochs},
+        "sampler": {"name": "tpe", "seed": a.seed},
+        "seed": a.seed,
+    }
+    return yaml.safe_dump(study, sort_keys=False)
+
+
+def per_strategy(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Best complete value, trial counts and compute per strategy."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        s = r["params"].get("strategy", "?")
+        d = out.setdefault(
+            s,
+            {
+                "trials": 0,
+                "complete": 0,
+                "pruned": 0,
+                "failed": 0,
+                "best_accuracy": None,
+                "best_trial": None,
+                "best_params": None,
+                "trial_seconds": 0.0,
+            },
+        )
+        d["trials"] += 1
+        d["trial_seconds"] = round(d["trial_seconds"] + (r["seconds"] or 0.0), 1)
+        if r["state"] == "COMPLETE" and r["value"] is not None:
+            d["complete"] += 1
+            if d["best_accuracy"] is None or r["value"] > d["best_accuracy"]:
+                d["best_accuracy"], d["best_trial"], d["best_params"] = r["value"], r["number"], r["params"]
+        elif r["state"] == "PRUNED":
+            d["pruned"] += 1
+        elif r["state"] == "FAIL":
+            d["failed"] += 1
+    return dict(sorted(out.items()))
+
+
+def run_space(a: argparse.Namespace, space: str, storage_url: str, workdir: Path) -> dict[str, Any]:
+    import optuna
+
+    from hpo.cli import main as hpo_main
+
+    study_file = workdir / f"study-{space}.yaml"
+    study_file.write_text(study_yaml(a, space))
+    with Stopwatch() as wall, LoadSampler() as load:
+        rc = hpo_main(["run", str(study_file), "--storage", storage_url])
+    if rc != 0:
+        raise RuntimeError(f"hpo run exited {rc} for space {space}")
+    study = optuna.load_study(study_name=f"space-{space}", storage=storage_url)
+    rows = trial_rows(study)
+    trial_seconds = sum(r["seconds"] or 0.0 for r in rows)
+    out = summarize(rows, max(0.0, wall.seconds - trial_seconds), wall.seconds)
+    out.update(
+        space=space,
+        by_strategy=per_strategy(rows),
+        load_average=load.summary(),
+        study_file=study_file.read_text(),
+        trials=rows,
+    )
+    return out
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """The results tables of one run, for benchmarks/RESULTS.md."""
+
+    def pct(v: Any) -> str:
+        return "-" if v is None else f"{100 * v:.2f}%"
+
+    cfg, sp = doc["config"], doc["spaces"]
+    lines = [
+        f"{doc['machine']['cpu']}, {doc['machine']['cores']} cores; {doc['started']} .. {doc['finished']}; "
+        f"{cfg['train_limit']:,} train sentences, dev.tsv, {cfg['epochs']:g} epoch, {cfg['n_trials']} trials "
+        f"per space, max_length {cfg['max_length']}, TPE seed {cfg['seed']}, hpo's default pruner.",
+        "",
+        "| strategy | " + " | ".join(f"{s}: best (trials, pruned)" for s in SPACES) + " |",
+        "|---|" + "---|" * len(SPACES),
+    ]
+    for strategy in doc["best_by_strategy"]:
+        cells = []
+        for space in SPACES:
+            d = sp[space]["by_strategy"].get(strategy)
+            cells.append(
+                "not sampled" if d is None else f"{pct(d['best_accuracy'])} ({d['trials']}, {d['pruned']})"
+            )
+        lines.append(f"| {strategy} | " + " | ".join(cells) + " |")
+    lines.append(
+        "| **overall** | "
+        + " | ".join(
+            f"**{pct(sp[s]['best_accuracy'])}** ({(sp[s]['best_params'] or {}).get('strategy')}; "
+            f"{sp[s]['compute_seconds']:,.0f} s, load {sp[s]['load_average']['mean']})"
+            for s in SPACES
+        )
+        + " |"
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["--markdown"]:
+        import json
+
+        print(markdown(json.loads(Path(argv[1]).read_text())))
+        return 0
+    a = parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="hpo-bench-"))
+    os.environ.setdefault("HPO_CACHE_DIR", str(workdir / "hpo-cache"))
+    quiet()
+    # Import hpo's training path now: the tree may change under a long run (shared checkout).
+    import hpo.cli  # noqa: F401
+    import hpo.objective  # noqa: F401
+    import hpo.pruning  # noqa: F401
+    import hpo.storage  # noqa: F401
+    import hpo.strategies  # noqa: F401
+    import hpo.study  # noqa: F401
+    import hpo.tasks  # noqa: F401
+
+    storage_url = f"sqlite:///{workdir / 'bench.db'}"
+    started = now_iso()
+    results: dict[str, Any] = {}
+    for space in SPACES:
+        print(f"=== space {space} ===", flush=True)
+        results[space] = run_space(a, space, storage_url, workdir)
+        r = results[space]
+        print(f"=== {space}: best {r['best_accuracy']} compute {r['compute_seconds']} s ===", flush=True)
+    strategies = sorted({s for r in results.values() for s in r["by_strategy"]})
+    table = {
+        s: {space: results[space]["by_strategy"].get(s, {}).get("best_accuracy") for space in SPACES}
+        for s in strategies
+    }
+    best_space = max(
+        (s for s in SPACES if results[s]["best_accuracy"] is not None),
+        key=lambda s: results[s]["best_accuracy"],
+        default=None,
+    )
+    payload = {
+        "benchmark": "space_card_vs_aware",
+        "mode": "quick" if a.quick else "full",
+        "started": started,
+        "finished": now_iso(),
+        "command": "python benchmarks/space_card_vs_aware.py " + " ".join(argv),
+        "machine": machine(),
+        "versions": versions(),
+        "config": {
+            "model": a.model,
+            "data": str(Path(a.data).resolve()),
+            "train_limit": a.train_limit,
+            "validation_limit": a.validation_limit,
+            "max_length": a.max_length,
+            "epochs": a.epochs,
+            "n_trials": a.n_trials,
+            "seed": a.seed,
+        },
+        "spaces": results,
+        "best_by_strategy": table,
+        "overall": {
+            space: {
+                "best_accuracy": results[space]["best_accuracy"],
+                "best_strategy": (results[space]["best_params"] or {}).get("strategy"),
+                "compute_seconds": results[space]["compute_seconds"],
+                "pruned": results[space]["pruned"],
+            }
+            for space in SPACES
+        },
+        "winner": best_space,
+    }
+    write_json(a.out, payload)
+    for s, v in table.items():
+        print(f"{s:<8} " + "  ".join(f"{sp}={v[sp]}" for sp in SPACES))
+    print(f"overall winner: {best_space} -> {a.out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

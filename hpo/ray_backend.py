@@ -1,0 +1,460 @@
+"""Ray Tune driver over the same search space and the same Optuna storage.
+
+``hpo run STUDY --backend ray [--address HOST:PORT]`` runs the study's trials as Ray Tune
+trials: Ray's ``OptunaSearch`` asks the study (in the study's storage, under the study's name)
+for each configuration with the search space's own define-by-run function, ASHA stops weak
+trials early, and each trial runs the same training path as the Optuna driver
+(``hpo.objective.train_and_evaluate``, with the same out-of-memory retry). The trainable writes
+the same user attributes and intermediate values to the Optuna trial as
+``hpo.objective.make_objective`` does, so ``hpo studies``, ``compare``, ``export`` and the
+dashboard read Ray's trials like any other.
+
+Differences that remain (NOTES.md): a trial that ASHA stopped is stored COMPLETE with its last
+value (Ray's searcher has no "pruned" outcome for it); it carries ``stopped_early: true`` and
+the attributes of its last evaluation, but not ``train_seconds`` and the parameter counts,
+which only a finished run knows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hpo.config import StudySpec
+
+# Keys the define-by-run function adds to a Ray trial's config: which Optuna trial it is.
+TRIAL_ID_KEY = "_hpo_trial_id"
+TRIAL_NUMBER_KEY = "_hpo_trial_number"
+# Result keys: the evaluation index, and the marker of a run that trained to its end.
+EVAL_KEY = "evaluation"
+FINAL_KEY = "hpo_final"
+RAY_STORAGE_ENV = "HPO_RAY_STORAGE"
+
+# Per Ray worker process: data, tokenizer and base weights load once, the storage connects
+# once (this pays off when a process runs several trials; see reuse_actors below).
+_CACHE: dict[str, Any] = {}
+
+
+# --------------------------------------------------------------------------- inside a Ray worker
+
+
+class _TrialRecorder:
+    """``set_user_attr``/``report`` on an Optuna trial by id, from a process that did not ask it.
+
+    Writes after the driver finished the trial (a stopped trial) are dropped.
+    """
+
+    def __init__(self, storage: Any, trial_id: int):
+        self.storage = storage
+        self.trial_id = trial_id
+
+    def set_user_attr(self, key: str, value: Any) -> None:
+        import optuna
+
+        try:
+            self.storage.set_trial_user_attr(self.trial_id, key, value)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass
+
+    def report(self, value: float, step: int) -> None:
+        import optuna
+
+        try:
+            self.storage.set_trial_intermediate_value(self.trial_id, step, float(value))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass
+
+
+def _worker_state(spec: StudySpec, url: str) -> tuple[Any, Any]:
+    from hpo.objective import prepare
+    from hpo.storage import open_storage
+    from hpo.study import _quiet_transformers
+
+    key = f"{spec.path}|{spec.name}"
+    if _CACHE.get("key") != key:
+        from transformers.utils import logging as hf_logging
+
+        _CACHE.clear()
+        _quiet_transformers()
+        hf_logging.disable_progress_bar()
+        _CACHE["ctx"] = prepare(spec, worker=f"{socket.gethostname()}:{os.getpid()}")
+        _CACHE["key"] = key
+    if _CACHE.get("url") != url:
+        # No heartbeat: the driver's searcher owns the trial's state, Ray restarts actors.
+        _CACHE["storage"] = open_storage(url, heartbeat=False)
+        _CACHE["url"] = url
+    return _CACHE["ctx"], _CACHE["storage"]
+
+
+def _threads_from_ray() -> int:
+    import ray
+
+    try:
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    except Exception:
+        cpus = 1.0
+    return max(1, int(cpus))
+
+
+def trainable(config: dict[str, Any], spec: StudySpec | None = None, url: str | None = None) -> None:
+    """One Ray Tune trial: rebuild the config from the sampled parameters and train it.
+
+    Reports every evaluation except the last to Tune (for ASHA) and writes it to the Optuna
+    trial; after the run, records the outcome on the Optuna trial and then reports the final
+    evaluation with ``hpo_final`` set, so a trial that ends normally is complete in the
+    storage before the searcher closes it.
+    """
+    import torch
+    from ray import tune
+
+    from hpo.objective import plan_steps, record_outcome, train_and_evaluate, trial_seed
+    from hpo.oom import memory_baseline, train_with_oom_retry
+
+    assert spec is not None and url is not None
+    torch.set_num_threads(_threads_from_ray())
+    ctx, storage = _worker_state(spec, url)
+    rec = _TrialRecorder(storage, int(config[TRIAL_ID_KEY]))
+    params = {k: v for k, v in config.items() if not k.startswith("_hpo_")}
+    cfg = spec.space.fixed(str(params["strategy"]), params, spec.training)
+    seed = trial_seed(spec)
+    metric = spec.objective.metric
+    rec.set_user_attr("worker", ctx.worker)
+    rec.set_user_attr("strategy", cfg.strategy)
+    rec.set_user_attr("config", json.dumps(cfg.to_dict(), sort_keys=True))
+    rec.set_user_attr("seed", seed)
+    rec.set_user_attr("device", ctx.device)
+    rec.set_user_attr("backend", "ray")
+
+    state: dict[str, Any] = {"last": None, "n_evals": 0, "stopped": False}
+
+    def on_eval(index: int, metrics: dict[str, float]) -> bool:
+        rec.report(metrics[metric], index)
+        result = {k: v for k, v in metrics.items() if k not in ("epoch",)}
+        result[EVAL_KEY] = index
+        if index >= state["n_evals"]:
+            state["last"] = result  # reported after the outcome is stored
+            return False
+        for k, v in metrics.items():
+            if k not in ("step", "epoch"):
+                rec.set_user_attr(f"val_{k}", v)
+        rec.set_user_attr("evaluations", index)
+        try:
+            tune.report(result)
+        except SystemExit:
+            # Tune stopped this trial (ASHA): end the run cleanly and keep what it did.
+            state["stopped"] = True
+            return True
+        return False
+
+    def attempt(c: Any) -> Any:
+        # Evaluations of this attempt (a retry at half the micro-batch plans more steps).
+        state["n_evals"] = len(plan_steps(len(ctx.datasets["train"]), c, spec)[1])
+        return train_and_evaluate(ctx, c, seed, on_eval=on_eval)
+
+    try:
+        out = train_with_oom_retry(
+            attempt,
+            cfg,
+            device=ctx.device,
+            floor=spec.execution.min_micro_batch,
+            record=rec.set_user_attr,
+            baseline_bytes=memory_baseline(ctx.device),
+        )
+    except Exception as e:
+        rec.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:1000])
+        raise
+    record_outcome(rec, out)
+    if state["stopped"]:
+        rec.set_user_attr("stopped_early", True)
+        return
+    final = dict(state["last"] or {EVAL_KEY: len(out.history), **out.metrics})
+    final[FINAL_KEY] = True
+    tune.report(final)
+
+
+# --------------------------------------------------------------------------- in the driver
+
+
+def _searcher_class() -> Any:
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    class HpoOptunaSearch(OptunaSearch):  # type: ignore[misc]
+        """OptunaSearch that stores what hpo needs on close, and never pickles the storage.
+
+        - A trial whose last result is not its final evaluation was stopped by the scheduler:
+          it gets ``stopped_early: true`` (Ray's searcher stores it COMPLETE with that value).
+        - A trial that raised is stored FAIL (Ray's searcher would store COMPLETE if it had
+          reported a value before).
+        - Tune pickles its searcher into the experiment folder; the storage (whose URL may hold
+          a password) and the study are left out.
+        """
+
+        def on_trial_complete(
+            self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+        ) -> None:
+            ot_trial = self._ot_trials.get(trial_id)
+            if ot_trial is None or trial_id in self._completed_trials:
+                return super().on_trial_complete(trial_id, result, error)
+            try:
+                if result and EVAL_KEY in result and self.metric in result:
+                    # The last result may not have reached on_trial_result (Tune closes the
+                    # trial with it instead); store its intermediate value here.
+                    step = int(result[EVAL_KEY])
+                    if step not in ot_trial._cached_frozen_trial.intermediate_values:
+                        ot_trial.report(float(result[self.metric]), step)
+                if error:
+                    study: Any = self._ot_study
+                    if "fail_reason" not in study._storage.get_trial_user_attrs(ot_trial._trial_id):
+                        ot_trial.set_user_attr("fail_reason", "the Ray trial raised (see Ray's trial log)")
+                    study.tell(ot_trial, state=optuna.trial.TrialState.FAIL)
+                    self._completed_trials.add(trial_id)
+                    return None
+                if result and not result.get(FINAL_KEY):
+                    ot_trial.set_user_attr("stopped_early", True)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass
+            return super().on_trial_complete(trial_id, result, error)
+
+        def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+            # Tune's training_iteration counts reports; the evaluation index is the resource the
+            # Optuna driver uses, so intermediate values line up across drivers.
+            if EVAL_KEY in result and self.metric in result and trial_id in self._ot_trials:
+                ot_trial = self._ot_trials[trial_id]
+                step = int(result[EVAL_KEY])
+                if step not in ot_trial._cached_frozen_trial.intermediate_values:
+                    ot_trial.report(float(result[self.metric]), step)
+                return None
+            return super().on_trial_result(trial_id, result)
+
+        def __getstate__(self) -> dict[str, Any]:
+            state = self.__dict__.copy()
+            for key in ("_storage", "_ot_study", "_ot_trials", "_sampler", "_space"):
+                state[key] = None
+            return state
+
+        def save(self, checkpoint_path: str) -> None:
+            import pickle
+
+            with open(checkpoint_path, "wb") as f:
+                pickle.dump(self.__getstate__(), f)
+
+        def open_trials(self) -> list[Any]:
+            """Optuna trials this searcher asked for and has not closed."""
+            return [t for tid, t in self._ot_trials.items() if tid not in self._completed_trials]
+
+    return HpoOptunaSearch
+
+
+def _progress_callback(spec: StudySpec, study: Any, stream: Any) -> Any:
+    from ray import tune
+
+    from hpo.study import fmt_params
+
+    class Progress(tune.Callback):  # type: ignore[misc]
+        """One line per finished Ray trial, with its parameters (read from the storage)."""
+
+        def __init__(self, metric: str, study: Any, stream: Any) -> None:
+            self.metric = metric
+            self.study = study
+            self.stream = stream
+
+        def __getstate__(self) -> dict[str, Any]:
+            # Tune pickles its callbacks into the experiment folder: no storage (its URL may
+            # hold a password), no stream.
+            return {"metric": self.metric, "study": None, "stream": None}
+
+        def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            self._line(trial, "done")
+
+        def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
+            self._line(trial, "error")
+
+        def _line(self, trial: Any, what: str) -> None:
+            number = trial.config.get(TRIAL_NUMBER_KEY, "?")
+            last = trial.last_result or {}
+            metric = self.metric
+            value = f" {metric}={last[metric]:.4f}" if metric in last else ""
+            stopped = " (stopped early)" if what == "done" and last and not last.get(FINAL_KEY) else ""
+            try:
+                t = self.study._storage.get_trial(int(trial.config[TRIAL_ID_KEY]))
+                params = fmt_params(t)
+            except Exception:
+                params = ""
+            print(
+                f"trial {number:>4} {what}{value} eval {last.get(EVAL_KEY, 0)}{stopped}  {params}",
+                file=self.stream or sys.stdout,
+                flush=True,
+            )
+
+    return Progress(spec.objective.metric, study, stream)
+
+
+def trial_resources(
+    spec: StudySpec, gpus: list[int] | None, trials_per_gpu: int | None, cluster: dict[str, float]
+) -> dict[str, float]:
+    """Resources per Ray trial: a 1/K share of a GPU when GPUs are used, else CPUs.
+
+    GPUs are used when ``--gpus`` is given or the cluster has GPUs and the study's device is not
+    cpu. ``trials_per_gpu`` K packs K trials on one GPU (fractional GPU resource).
+    """
+    k = max(1, trials_per_gpu or spec.execution.trials_per_gpu or 1)
+    use_gpu = spec.execution.device != "cpu" and (bool(gpus) or cluster.get("GPU", 0) > 0)
+    if use_gpu:
+        return {"cpu": 1.0, "gpu": 1.0 / k}
+    return {"cpu": 1.0}
+
+
+def run_ray(
+    spec: StudySpec,
+    url: str,
+    *,
+    address: str | None = None,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    gpus: list[int] | None = None,
+    trials_per_gpu: int | None = None,
+    stream: Any = None,
+) -> Any:
+    """Run the study's trials on Ray Tune (ASHA) into the study's Optuna storage; returns the study.
+
+    Args:
+        spec: the study.
+        url: the Optuna storage every Ray worker can reach (a server database on a cluster).
+        address: Ray cluster address (HOST:PORT, ``auto``); None starts or joins a local Ray.
+        n_trials: Ray trials to run (default ``budget.n_trials``).
+        timeout: seconds for the whole run (Tune's time budget).
+        gpus: use GPUs (Ray picks which; the list only says that GPUs are wanted).
+        trials_per_gpu: trials packed on one GPU (fractional GPU per trial).
+        stream: where progress lines go (default stdout).
+
+    Raises:
+        UserError: data, storage or settings problems (before Ray starts any trial).
+    """
+    import optuna
+
+    from hpo.errors import UserError
+    from hpo.objective import prepare
+    from hpo.storage import open_storage, redact, sweep_stale_trials
+    from hpo.study import _quiet_transformers, make_sampler, max_evaluations, open_study
+
+    try:
+        import ray
+        from ray import tune
+        from ray.tune.schedulers import ASHAScheduler
+    except ImportError:
+        raise UserError("--backend ray needs Ray Tune: pip install 'hpo[ray]'") from None
+
+    stream = stream or sys.stdout
+    n_trials = n_trials if n_trials is not None else spec.budget.n_trials
+    timeout = timeout if timeout is not None else spec.budget.timeout
+    ex = spec.execution
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    _quiet_transformers()
+    ctx = prepare(spec)  # data errors before Ray starts; tokenized cache warmed on this node
+    storage = open_storage(
+        url,
+        heartbeat_interval=ex.heartbeat_interval,
+        grace_period=ex.grace_period,
+        max_retries=ex.max_retries,
+    )
+    study = open_study(spec, storage, create=True, fingerprint=ctx.data.fingerprint)
+    del ctx
+    sweep_stale_trials(study)
+
+    started_ray = False
+    if not ray.is_initialized():
+        env = {
+            k: os.environ[k]
+            for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "HPO_CACHE_DIR")
+            if k in os.environ
+        }
+        env["TOKENIZERS_PARALLELISM"] = "false"
+        try:
+            ray.init(
+                address=address,
+                runtime_env={"env_vars": env},
+                include_dashboard=False,
+                log_to_driver=True,
+                logging_level=logging.ERROR,
+            )
+        except (ConnectionError, ValueError, RuntimeError) as e:
+            raise UserError(f"--address {address}: cannot connect to Ray ({redact(str(e))})") from None
+        started_ray = True
+
+    resources = trial_resources(spec, gpus, trials_per_gpu, ray.cluster_resources())
+    searcher = _searcher_class()(
+        space=_define_by_run(spec),
+        metric=spec.objective.metric,
+        mode="max" if spec.direction == "maximize" else "min",
+        storage=storage,
+        study_name=spec.name,
+        sampler=make_sampler(spec),
+    )
+    max_t = max_evaluations(spec)
+    scheduler = ASHAScheduler(
+        time_attr="training_iteration",
+        metric=spec.objective.metric,
+        mode="max" if spec.direction == "maximize" else "min",
+        max_t=max_t,
+        grace_period=max(1, spec.pruner.min_resource or 1),
+        reduction_factor=max(2, spec.pruner.reduction_factor or 3),
+    )
+    storage_path = os.environ.get(RAY_STORAGE_ENV) or str(Path(".hpo-cache", "ray").resolve())
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(trainable, spec=spec, url=url), resources),
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=n_trials,
+            time_budget_s=timeout,
+            # Reusing an actor waits 2 s for the previous trial's thread; a trial that ASHA
+            # stopped trains on until its next evaluation, so reuse failed and Tune errored
+            # the next trial (seen here). A fresh actor per trial costs its imports (~4 s).
+            reuse_actors=False,
+        ),
+        run_config=tune.RunConfig(
+            name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
+            storage_path=storage_path,
+            verbose=0,
+            callbacks=[_progress_callback(spec, study, stream)],
+            failure_config=tune.FailureConfig(max_failures=0),
+        ),
+    )
+    print(
+        f"ray: {n_trials} trials, {resources} per trial, ASHA up to {max_t} evaluations, "
+        f"cluster {ray.cluster_resources().get('CPU', 0):g} CPU / {ray.cluster_resources().get('GPU', 0):g} GPU",
+        file=stream,
+        flush=True,
+    )
+    try:
+        tuner.fit()
+    finally:
+        # Trials Ray never closed (interrupted, driver error) must not stay RUNNING.
+        for t in searcher.open_trials():
+            try:
+                t.set_user_attr("fail_reason", "interrupted (the Ray run ended before the trial)")
+                study.tell(t, state=optuna.trial.TrialState.FAIL)
+            except Exception:
+                pass
+        if started_ray:
+            ray.shutdown()  # disconnects from a cluster; stops a Ray this call started
+    storage.remove_session()
+    return optuna.load_study(study_name=spec.name, storage=storage)
+
+
+def _define_by_run(spec: StudySpec) -> Any:
+    """The search space's define-by-run function, plus which Optuna trial each Ray trial is."""
+    space, training = spec.space, spec.training
+
+    def define(trial: Any) -> dict[str, Any]:
+        space.sample(trial, training)
+        return {TRIAL_ID_KEY: trial._trial_id, TRIAL_NUMBER_KEY: trial.number}
+
+    return define

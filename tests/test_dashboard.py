@@ -1,0 +1,167 @@
+"""`hpo dashboard`: optuna-dashboard on the study storage, checked over HTTP and in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import REQUIRE_SERVICES, ROOT, write_study
+
+from hpo.cli import main
+from hpo.config import load_study
+from hpo.dashboard import bind_warning, is_loopback, make_dashboard_server
+from hpo.study import run_worker
+
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--virtual-time-budget=8000",
+    "--window-size=1400,1000",
+]
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterator[str]:
+    """A real tiny study ("dash", two trials) in a fresh SQLite file."""
+    root = tmp_path_factory.mktemp("dashboard")
+    url = f"sqlite:///{root / 'hpo.db'}"
+    with pytest.MonkeyPatch.context() as mp:
+        # The module fixture runs before the autouse cache fixture: keep the cache out of the repo.
+        mp.setenv("HPO_CACHE_DIR", str(root / "cache"))
+        mp.setattr("hpo.objective.CACHE_DIR", root / "cache")
+        path = write_study(root, tiny_model_dir, name="dash", description="tiny dashboard study")
+        run_worker(load_study(path), url, n_trials=2, quiet=True)
+    yield url
+
+
+def _get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return bytes(r.read())
+
+
+def _study_id(base: str, name: str) -> int:
+    summaries = json.loads(_get(f"{base}/api/studies"))["study_summaries"]
+    return next(s["study_id"] for s in summaries if s["study_name"] == name)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_only_loopback_goes_without_a_warning() -> None:
+    for host in ("127.0.0.1", "localhost", "::1", "127.0.0.2"):
+        assert is_loopback(host) and bind_warning(host) is None
+    for host in ("0.0.0.0", "192.168.1.10", "myhost"):
+        warning = bind_warning(host)
+        assert warning is not None and "no authentication" in warning and host in warning
+
+
+def test_api_lists_the_study_with_metric_names_and_trials(db: str) -> None:
+    server = make_dashboard_server(db, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_port}"
+        study_id = _study_id(base, "dash")
+        detail = json.loads(_get(f"{base}/api/studies/{study_id}"))
+        assert detail["name"] == "dash"
+        assert detail["objective_names"] == ["accuracy"]
+        assert [t["number"] for t in detail["trials"]] == [0, 1]
+        assert {a["key"] for a in detail["user_attrs"]} >= {"description", "hpo_config"}
+        assert b"<html" in _get(f"{base}/dashboard/studies/{study_id}").lower()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_missing_storage_and_busy_port_are_user_errors(
+    db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["dashboard", "--storage", f"sqlite:///{tmp_path / 'none.db'}"]) == 1
+    assert "no database" in capsys.readouterr().err
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        assert main(["dashboard", "--storage", db, "--port", str(s.getsockname()[1])]) == 1
+    assert "pick another --port" in capsys.readouterr().err
+
+
+def _chromium(args: list[str]) -> subprocess.CompletedProcess[str]:
+    profile = tempfile.mkdtemp(prefix="hpo-chromium-")
+    try:
+        return subprocess.run(
+            ["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def test_dashboard_in_headless_chromium(db: str) -> None:
+    if shutil.which("chromium") is None:
+        msg = "chromium not installed (make browser, or apt-get install chromium)"
+        if REQUIRE_SERVICES:
+            pytest.fail(msg + " (HPO_REQUIRE_SERVICES=1)")
+        pytest.skip(msg)
+    port = _free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # The command as a user runs it, in its own process.
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hpo", "dashboard", "--storage", db, "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                study_id = _study_id(base, "dash")
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"dashboard did not start: {proc.communicate(timeout=5)}") from None
+                time.sleep(0.3)
+
+        dom = _chromium(["--dump-dom", f"{base}/dashboard/studies/{study_id}/trials"])
+        assert dom.returncode == 0, dom.stderr[-2000:]
+        # The trial list rendered by the browser shows both trials with their strategy.
+        assert "Trial 0" in dom.stdout and "Trial 1" in dom.stdout
+        assert "dash" in dom.stdout and "strategy" in dom.stdout
+
+        ARTIFACTS.mkdir(exist_ok=True)
+        shot = ARTIFACTS / "dashboard-study.png"
+        shot.unlink(missing_ok=True)
+        done = _chromium([f"--screenshot={shot}", f"{base}/dashboard/studies/{study_id}"])
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert shot.stat().st_size > 20_000  # a rendered page with plots, not a blank one
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=30)
+    assert f"http://127.0.0.1:{port}/dashboard/" in out
+    assert "no authentication" not in err  # loopback: no warning

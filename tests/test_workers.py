@@ -1,0 +1,303 @@
+"""Local workers and joining workers: one study, many processes, dead and interrupted workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from conftest import ROOT, service_url, write_study
+
+from hpo.cli import main
+from hpo.launch import Slot, detect_gpus, plan_slots
+
+TS = optuna.trial.TrialState
+SECRET = "s3cret-Pw"
+# The attributes every finished trial carries, whichever process ran it.
+TRIAL_ATTRS = (
+    "strategy", "config", "seed", "device", "worker", "trainable_params", "total_params",
+    "val_accuracy", "val_loss", "train_seconds", "samples_per_second", "peak_memory_mb",
+)  # fmt: skip
+
+
+def _study_file(tmp_path: Path, model_dir: Path, steps: int, **over: Any) -> Path:
+    """Trials of ``steps`` optimizer steps (about 0.05 s each here) and 2 evaluations."""
+    over.setdefault("training", {"max_train_steps": steps})
+    return write_study(tmp_path, model_dir, **over)
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _hpo(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "hpo", *args],
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _trials(url: str, name: str = "tiny") -> list[optuna.trial.FrozenTrial]:
+    from hpo.storage import open_storage
+
+    return optuna.load_study(study_name=name, storage=open_storage(url, heartbeat=False)).get_trials()
+
+
+def _wait_for(predicate: Any, timeout: float, what: str, poll: float = 0.1) -> Any:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _running_trial_of_a_worker(url: str) -> optuna.trial.FrozenTrial | None:
+    """A trial that just started training (no evaluation yet), with its worker's pid."""
+    try:
+        trials = _trials(url)
+    except Exception:  # the study is not there yet
+        return None
+    for t in trials:
+        if t.state == TS.RUNNING and "strategy" in t.user_attrs and not t.intermediate_values:
+            return t
+    return None
+
+
+def _pid(trial: optuna.trial.FrozenTrial) -> int:
+    host, pid = trial.user_attrs["worker"].rsplit(":", 1)
+    assert host == socket.gethostname()
+    return int(pid)
+
+
+def _assert_accounted(trials: list[optuna.trial.FrozenTrial], n_evals: int = 2) -> None:
+    """Every trial finished, numbers unique, finished ones intact."""
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers)) and sorted(numbers) == list(range(len(numbers)))
+    assert all(t.state in (TS.COMPLETE, TS.PRUNED, TS.FAIL) for t in trials), [t.state for t in trials]
+    for t in trials:
+        if t.state == TS.COMPLETE:
+            assert set(t.intermediate_values) == set(range(1, n_evals + 1)), t.intermediate_values
+            assert all(k in t.user_attrs for k in TRIAL_ATTRS), sorted(t.user_attrs)
+            assert t.value == t.user_attrs["val_accuracy"]
+            assert t.user_attrs["strategy"] == t.params["strategy"]
+        elif t.state == TS.FAIL:
+            assert t.user_attrs.get("fail_reason"), t.number
+
+
+def _dump_database(url: str) -> str:
+    """Every row of every table, as text."""
+    import sqlalchemy
+
+    from hpo.storage import normalize_url
+
+    engine = sqlalchemy.create_engine(normalize_url(url))
+    try:
+        with engine.connect() as conn:
+            return "\n".join(
+                repr(conn.execute(sqlalchemy.text(f"SELECT * FROM {table}")).fetchall())
+                for table in sqlalchemy.inspect(engine).get_table_names()
+            )
+    finally:
+        engine.dispose()
+
+
+# --------------------------------------------------------------------------- slots
+
+
+def test_slots_one_per_gpu_packed_or_spread() -> None:
+    gpus = ["0", "1", "2", "3"]
+    slots = plan_slots("auto", None, 1, cores=16, visible=gpus)
+    assert [s.gpu for s in slots] == gpus and all(s.threads == 4 for s in slots)
+    assert slots[2].env()["CUDA_VISIBLE_DEVICES"] == "2"
+    # --gpus picks among the visible GPUs (indices into CUDA_VISIBLE_DEVICES when it is set).
+    packed = plan_slots(1, [0, 2], 2, cores=16, visible=["5", "6", "7"])
+    assert [s.gpu for s in packed] == ["5", "5", "7", "7"]
+    spread = plan_slots(3, [0, 1], None, cores=6, visible=gpus)
+    assert [s.gpu for s in spread] == ["0", "1", "0"] and spread[0].threads == 2
+    with pytest.raises(Exception, match="GPU 4 is not visible"):
+        plan_slots(1, [4], 1, visible=gpus)
+    # CPU: auto does not oversubscribe; an explicit count splits the cores.
+    cpu = plan_slots("auto", None, 1, cores=8, visible=[])
+    assert len(cpu) == 4 and all(s.gpu is None and s.threads == 2 for s in cpu)
+    assert len(plan_slots("auto", None, 1, cores=1, visible=[])) == 1
+    assert [s.threads for s in plan_slots(3, None, 1, cores=8, visible=[])] == [2, 2, 2]
+    # device cpu on a GPU machine hides the GPUs from the workers.
+    hidden = plan_slots(2, None, 1, device="cpu", cores=4, visible=gpus)
+    assert all(s.env()["CUDA_VISIBLE_DEVICES"] == "" for s in hidden)
+    assert Slot(0, None, 1).env().get("CUDA_VISIBLE_DEVICES") is None
+
+
+def test_detect_gpus_reads_cuda_visible_devices() -> None:
+    assert detect_gpus({"CUDA_VISIBLE_DEVICES": "2,3"}) == ["2", "3"]
+    assert detect_gpus({"CUDA_VISIBLE_DEVICES": ""}) == []
+    assert detect_gpus({"CUDA_VISIBLE_DEVICES": "0,-1,1"}) == ["0"]
+
+
+# --------------------------------------------------------------------------- many workers
+
+
+@pytest.mark.services
+@pytest.mark.parametrize("kind", ["postgresql", "mysql"])
+def test_four_workers_share_one_study_on_a_server_database(
+    kind: str, tmp_path: Path, tiny_model_dir: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from hpo.config import load_study
+    from hpo.launch import launch
+
+    url = service_url(kind)
+    if kind == "postgresql":
+        # Trust authentication ignores the password; it must still never surface anywhere.
+        url = url.replace("postgres@", f"postgres:{SECRET}@")
+    spec = load_study(_study_file(tmp_path, tiny_model_dir, steps=4))
+    study = launch(spec, url, workers=4, n_trials=8, poll_seconds=0.5)
+    trials = study.get_trials()
+    assert len(trials) == 8 and all(t.state == TS.COMPLETE for t in trials)
+    _assert_accounted(trials)
+    assert len({t.user_attrs["worker"] for t in trials}) >= 2  # trials were spread over workers
+    out, err = capfd.readouterr()
+    assert "8 finished this run" in out, out
+    assert SECRET not in out + err
+    assert SECRET not in _dump_database(url)
+    # The study and its trials are intact for the next reader.
+    assert study.user_attrs["hpo_config"]["name"] == "tiny"
+
+
+def test_three_workers_on_sqlite_survive_a_killed_worker_then_stop_on_sigterm(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """No "database is locked"; a killed worker's trial is failed at once, retried and its
+    worker replaced; SIGTERM to the parent then stops every worker with nothing left RUNNING.
+    """
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    path = _study_file(tmp_path, tiny_model_dir, steps=40)
+    proc = _hpo("run", str(path), "--storage", url, "--workers", "3", "--n-trials", "40")
+    try:
+        victim = _wait_for(lambda: _running_trial_of_a_worker(url), 150, "a running trial")
+        os.kill(_pid(victim), signal.SIGKILL)
+
+        def retried() -> list[optuna.trial.FrozenTrial]:
+            return [
+                t
+                for t in _trials(url)
+                if t.user_attrs.get("retry_of") == victim.number and t.state == TS.COMPLETE
+            ]
+
+        _wait_for(retried, 120, "the retry of the killed trial", 0.3)
+        _wait_for(lambda: _running_trial_of_a_worker(url), 60, "another running trial")
+        proc.send_signal(signal.SIGTERM)
+        t_term = time.monotonic()
+        out, _ = proc.communicate(timeout=90)
+        print(f"stopped {time.monotonic() - t_term:.1f} s after SIGTERM")
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out
+    assert "locked" not in out, out
+    trials = _trials(url)
+    _assert_accounted(trials)
+    killed = trials[victim.number]
+    assert killed.state == TS.FAIL
+    assert "died: killed by SIGKILL" in killed.user_attrs["fail_reason"]
+    retries = [t for t in trials if t.user_attrs.get("retry_of") == victim.number]
+    assert len(retries) == 1 and retries[0].state == TS.COMPLETE
+    assert retries[0].params == killed.params
+    assert "restarted" in out and "SIGTERM: stopping" in out
+    # Stopped early: fewer than 40 new trials; those in flight were failed as interrupted.
+    assert len(trials) < 40
+    interrupted = [t for t in trials if t.state == TS.FAIL and t.number != victim.number]
+    assert interrupted and all(t.user_attrs["fail_reason"].startswith("interrupted") for t in interrupted)
+    assert sum(t.state == TS.COMPLETE for t in trials) >= 2
+
+
+@pytest.mark.services
+def test_sigkilled_joining_worker_trial_fails_within_grace_and_retry_finishes(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """Two `hpo worker` processes on PostgreSQL; one dies; the other fails and reruns its trial."""
+    from hpo.config import load_study
+    from hpo.objective import prepare
+    from hpo.storage import open_storage
+    from hpo.study import open_study
+
+    interval, grace = 1, 3
+    url = service_url("postgresql")
+    path = _study_file(
+        tmp_path,
+        tiny_model_dir,
+        steps=40,
+        execution={"heartbeat_interval": interval, "grace_period": grace},
+    )
+    spec = load_study(path)
+    open_study(spec, open_storage(url), fingerprint=prepare(spec).data.fingerprint)
+    doomed = _hpo("worker", str(path), "--storage", url, "--n-trials", "3")
+    survivor = _hpo("worker", str(path), "--storage", url, "--n-trials", "5")
+    try:
+        victim = _wait_for(lambda: _running_trial_of_a_worker(url), 120, "a running trial")
+        pid = _pid(victim)
+        assert pid in (doomed.pid, survivor.pid)
+        killed_proc, other = (doomed, survivor) if pid == doomed.pid else (survivor, doomed)
+        os.kill(pid, signal.SIGKILL)
+        t_kill = time.monotonic()
+        _wait_for(lambda: _trials(url)[victim.number].state == TS.FAIL, 60, "the killed trial to fail", 0.2)
+        waited = time.monotonic() - t_kill
+        print(
+            f"killed trial stored FAIL {waited:.1f} s after SIGKILL (grace {grace} s, interval {interval} s)"
+        )
+        out, _ = other.communicate(timeout=150)
+        killed_proc.wait(10)
+    finally:
+        doomed.kill()
+        survivor.kill()
+    # Stale once its last heartbeat (<= interval before the kill) is older than grace; the
+    # other worker sweeps every interval; timestamps have 1 s resolution; 2 s for a busy host.
+    assert waited <= grace + interval + 1 + 2, waited
+    assert other.returncode == 0, out
+    trials = _trials(url)
+    _assert_accounted(trials)
+    failed = trials[victim.number]
+    assert failed.user_attrs["fail_reason"].startswith("worker lost: no heartbeat")
+    retries = [t for t in trials if t.user_attrs.get("retry_of") == victim.number]
+    assert len(retries) == 1 and retries[0].state == TS.COMPLETE
+    assert retries[0].params == failed.params
+    assert retries[0].user_attrs["worker"] != failed.user_attrs["worker"]
+    # Nothing else was touched: every other trial completed.
+    others = [t for t in trials if t.number not in (victim.number, retries[0].number)]
+    assert others and all(t.state == TS.COMPLETE for t in others)
+
+
+# --------------------------------------------------------------------------- joining
+
+
+def test_worker_with_a_different_study_file_is_refused(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    first = _study_file(tmp_path, tiny_model_dir, steps=2)
+    assert main(["run", str(first), "--storage", url, "--n-trials", "1"]) == 0
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    changed = _study_file(other_dir, tiny_model_dir, steps=3)
+    capsys.readouterr()
+    assert main(["worker", str(changed), "--storage", url, "--n-trials", "1"]) == 1
+    err = capsys.readouterr().err
+    assert "already exists with different settings (training.max_train_steps)" in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert len(_trials(url)) == 1
+    # A study that is not there is an error for a joining worker too (it never creates one).
+    missing = _study_file(other_dir, tiny_model_dir, steps=2, name="nope")
+    assert main(["worker", str(missing), "--storage", url]) == 1
+    assert "study 'nope' not found" in capsys.readouterr().err

@@ -13,7 +13,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SST2 = ROOT.parent / "shared" / "data" / "sst2"
-pytestmark = pytest.mark.skipif(not (SST2 / "train.tsv").exists(), reason="SST-2 not in ../shared/data")
+# Two small searches per test: about 2 minutes on 2 shared cores.
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not (SST2 / "train.tsv").exists(), reason="SST-2 not in ../shared/data"),
+]
 
 sys.path.insert(0, str(ROOT))
 

@@ -69,7 +69,7 @@ def machine() -> dict[str, Any]:
 class LoadSampler:
     """Samples the 1-minute load average every ``interval`` seconds while a block runs.
 
-    Other people's jobs share the cores; the load during each method is part of its result.
+    Other jobs share the cores; the load during each method is part of its result.
     """
 
     def __init__(self, interval: float = 15.0):

@@ -4,7 +4,7 @@ Both spaces search the same five strategies (full, partial, adapter, LoRA, promp
 same data with the same trial budget, sampler seed and hpo defaults (pruner, evaluations per
 epoch); they differ only in the learning-rate range each strategy may use. Full run: MiniLM,
 1,000 seeded SST-2 training sentences, dev.tsv for validation, 64 tokens, 1 epoch, 10 trials
-per space (about 25 minutes on 2 CPU cores). Reported: best accuracy per strategy and overall,
+per space (5 minutes on 2 idle CPU cores; budgeted for ~25 under load). Reported: best accuracy per strategy and overall,
 trials per strategy, pruned trials, compute seconds.
 
     python benchmarks/space_card_vs_aware.py            # full run

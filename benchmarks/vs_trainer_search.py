@@ -286,7 +286,7 @@ def compare(peer: dict[str, Any], hpo: dict[str, Any]) -> dict[str, Any]:
 def work(doc: dict[str, Any]) -> dict[str, Any]:
     """Load-independent cost: training examples processed and evaluations run, per method.
 
-    Wall seconds on a shared 2-core machine move with other people's jobs; these counts do not.
+    Wall seconds on a shared 2-core machine move with other jobs on the machine; these counts do not.
     Training examples are optimizer steps x batch size (the last batch of an epoch counted full).
     """
     from hpo.pruning import eval_steps

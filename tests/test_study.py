@@ -1,0 +1,67 @@
+"""Samplers and pruners by name, built from the study file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from hpo.config import load_study
+from hpo.study import hyperband_brackets, make_pruner, make_sampler
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _spec(**over: object):  # type: ignore[no-untyped-def]
+    return load_study(ROOT / "studies" / "sst2-minilm.yaml", dict(over))
+
+
+@pytest.mark.parametrize(
+    ("n_trials", "brackets", "cls"),
+    [
+        (12, 1, optuna.pruners.SuccessiveHalvingPruner),  # 12 // 18 -> one bracket
+        (36, 2, optuna.pruners.HyperbandPruner),  # 8 evaluations, rf 3: at most 2 brackets
+        (200, 2, optuna.pruners.HyperbandPruner),
+    ],
+)
+def test_hyperband_uses_as_many_brackets_as_the_budget_fills(n_trials: int, brackets: int, cls: type) -> None:
+    spec = _spec(**{"budget.n_trials": n_trials})
+    assert hyperband_brackets(spec) == brackets
+    assert isinstance(make_pruner(spec), cls)
+
+
+@pytest.mark.parametrize(
+    ("name", "cls"),
+    [
+        ("median", optuna.pruners.MedianPruner),
+        ("percentile", optuna.pruners.PercentilePruner),
+        ("successive-halving", optuna.pruners.SuccessiveHalvingPruner),
+        ("patient", optuna.pruners.PatientPruner),
+        ("none", optuna.pruners.NopPruner),
+    ],
+)
+def test_pruners_by_name(name: str, cls: type) -> None:
+    assert isinstance(make_pruner(_spec(**{"pruner.name": name})), cls)
+
+
+@pytest.mark.parametrize(
+    ("name", "cls"),
+    [
+        ("tpe", optuna.samplers.TPESampler),
+        ("random", optuna.samplers.RandomSampler),
+        ("gp", optuna.samplers.GPSampler),
+        ("qmc", optuna.samplers.QMCSampler),
+    ],
+)
+def test_samplers_by_name(name: str, cls: type) -> None:
+    assert isinstance(make_sampler(_spec(**{"sampler.name": name})), cls)
+
+
+def test_parallel_workers_get_different_sampler_seeds() -> None:
+    spec = _spec(**{"sampler.name": "random"})
+    draws = []
+    for worker in (0, 1):
+        study = optuna.create_study(sampler=make_sampler(spec, worker_index=worker))
+        draws.append(study.ask().suggest_float("x", 0, 1))
+    assert draws[0] != draws[1]

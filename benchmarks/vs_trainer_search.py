@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +36,9 @@ from benchmarks._common import (  # noqa: E402
     Stopwatch,
     machine,
     now_iso,
-    quiet,
     resolve_model,
     seconds_until,
+    start_run,
     summarize,
     trial_rows,
     versions,
@@ -376,20 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         print(markdown(json.loads(Path(argv[1]).read_text())))
         return 0
     a = parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="hpo-bench-"))
-    # Cold start for hpo's tokenization cache, like a user's first study.
-    os.environ.setdefault("HPO_CACHE_DIR", str(workdir / "hpo-cache"))
-    quiet()
-    # Import hpo's training path now: the tree may change under a long run (shared checkout).
-    import hpo.cli  # noqa: F401
-    import hpo.objective  # noqa: F401
-    import hpo.pruning  # noqa: F401
-    import hpo.storage  # noqa: F401
-    import hpo.strategies  # noqa: F401
-    import hpo.study  # noqa: F401
-    import hpo.tasks  # noqa: F401
-
-    storage_url = f"sqlite:///{workdir / 'bench.db'}"
+    workdir, storage_url = start_run()
     started = now_iso()
     runners = {PEER: run_peer, HPO: run_hpo}
     order = [PEER, HPO] if a.order == "peer-first" else [HPO, PEER]

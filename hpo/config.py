@@ -272,15 +272,24 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
         ConfigError: with every problem in the file (and its search space) listed.
     """
     p = Path(path)
+    return parse_study(load_mapping(p, overrides, "a mapping of study settings"), p)
+
+
+def load_mapping(path: Path, overrides: dict[str, Any] | None, expected: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping, with ``--set`` overrides applied.
+
+    Raises:
+        ConfigError: unreadable or invalid YAML, or not a mapping.
+    """
     try:
-        raw = load_yaml(p)
+        raw = load_yaml(path)
     except YamlError as e:
         raise ConfigError([str(e)]) from None
     if not isinstance(raw, dict):
-        raise ConfigError([f"{p}: expected a mapping of study settings, got {type(raw).__name__}"])
+        raise ConfigError([f"{path}: expected {expected}, got {type(raw).__name__}"])
     for key, value in (overrides or {}).items():
         apply_override(raw, key, value)
-    return parse_study(raw, p)
+    return raw
 
 
 def apply_override(raw: dict[str, Any], dotted: str, value: Any) -> None:

@@ -41,7 +41,7 @@ from hpo.config import (
     ExecutionSpec,
     ObjectiveSpec,
     StudySpec,
-    apply_override,
+    load_mapping,
     parse_data,
 )
 from hpo.data import DataSpec
@@ -206,18 +206,8 @@ def load_retrain_spec(path: str | Path, overrides: dict[str, Any] | None = None)
     Raises:
         ConfigError: every problem, each as ``file: key.path: problem``.
     """
-    from hpo._yaml import YamlError, load_yaml
-
     p = Path(path)
-    try:
-        raw = load_yaml(p)
-    except YamlError as e:
-        raise ConfigError([str(e)]) from None
-    if not isinstance(raw, dict):
-        raise ConfigError([f"{p}: expected a mapping (kind: retrain ...), got {type(raw).__name__}"])
-    for key, value in (overrides or {}).items():
-        apply_override(raw, key, value)
-    return parse_retrain(raw, p)
+    return parse_retrain(load_mapping(p, overrides, "a mapping (kind: retrain ...)"), p)
 
 
 def parse_retrain(raw: dict[str, Any], path: Path) -> RetrainSpec:

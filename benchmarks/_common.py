@@ -45,8 +45,8 @@ def versions() -> dict[str, str]:
     return out
 
 
-def machine() -> dict[str, Any]:
-    """CPU model, cores and torch threads, for the results table."""
+def machine(with_torch: bool = True) -> dict[str, Any]:
+    """CPU model, cores and (``with_torch``) torch threads and CUDA device, for the results table."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -56,6 +56,8 @@ def machine() -> dict[str, Any]:
     except OSError:
         pass
     info: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform()}
+    if not with_torch:
+        return info
     try:
         import torch
 
@@ -222,3 +224,26 @@ def start_run(prefix: str = "hpo-bench-") -> tuple[Path, str]:
     import hpo.tasks  # noqa: F401
 
     return workdir, f"sqlite:///{workdir / 'bench.db'}"
+
+
+def run_header(benchmark: str, a: Any, argv: list[str], started: str) -> dict[str, Any]:
+    """The keys every model benchmark's JSON starts with: what ran, when, where, on what data."""
+    return {
+        "benchmark": benchmark,
+        "mode": "quick" if a.quick else "full",
+        "started": started,
+        "finished": now_iso(),
+        "command": f"python benchmarks/{benchmark}.py " + " ".join(argv),
+        "machine": machine(),
+        "versions": versions(),
+        "config": {
+            "model": a.model,
+            "data": str(Path(a.data).resolve()),
+            "train_limit": a.train_limit,
+            "validation_limit": a.validation_limit,
+            "max_length": a.max_length,
+            "epochs": a.epochs,
+            "n_trials": a.n_trials,
+            "seed": a.seed,
+        },
+    }

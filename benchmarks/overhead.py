@@ -26,7 +26,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -37,6 +36,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from benchmarks._common import machine  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results" / "overhead.json"
 
 
@@ -216,15 +218,6 @@ def main(argv: list[str] | None = None) -> int:
             drop()
     from importlib import metadata
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        )
-    except (OSError, StopIteration):
-        pass
     record = {
         "benchmark": "overhead",
         "date": dt.datetime.now().isoformat(timespec="seconds"),
@@ -232,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             "python benchmarks/overhead.py " + " ".join(argv if argv is not None else sys.argv[1:])
         ).strip(),
         "storage": redact(url.rsplit("/", 1)[0] + "/<fresh database>") if drop else redact(url),
-        "machine": {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform(), "gpu": None},
+        "machine": machine(),
         "versions": {k: metadata.version(k) for k in ("optuna", "transformers", "torch")},
         "settings": {"workers": args.workers, "trials": args.trials, "steps_per_trial": args.steps},
         "load_avg_1min_before": round(load_before, 2),

@@ -25,12 +25,11 @@ from benchmarks._common import (  # noqa: E402
     SST2_DIR,
     LoadSampler,
     Stopwatch,
-    machine,
     now_iso,
+    run_header,
     start_run,
     summarize,
     trial_rows,
-    versions,
     write_json,
 )
 
@@ -205,37 +204,23 @@ def main(argv: list[str] | None = None) -> int:
         key=lambda s: results[s]["best_accuracy"],
         default=None,
     )
-    payload = {
-        "benchmark": "space_card_vs_aware",
-        "mode": "quick" if a.quick else "full",
-        "started": started,
-        "finished": now_iso(),
-        "command": "python benchmarks/space_card_vs_aware.py " + " ".join(argv),
-        "machine": machine(),
-        "versions": versions(),
-        "config": {
-            "model": a.model,
-            "data": str(Path(a.data).resolve()),
-            "train_limit": a.train_limit,
-            "validation_limit": a.validation_limit,
-            "max_length": a.max_length,
-            "epochs": a.epochs,
-            "n_trials": a.n_trials,
-            "seed": a.seed,
-        },
-        "spaces": results,
-        "best_by_strategy": table,
-        "overall": {
-            space: {
-                "best_accuracy": results[space]["best_accuracy"],
-                "best_strategy": (results[space]["best_params"] or {}).get("strategy"),
-                "compute_seconds": results[space]["compute_seconds"],
-                "pruned": results[space]["pruned"],
-            }
-            for space in SPACES
-        },
-        "winner": best_space,
-    }
+    payload = run_header("space_card_vs_aware", a, argv, started)
+    payload.update(
+        {
+            "spaces": results,
+            "best_by_strategy": table,
+            "overall": {
+                space: {
+                    "best_accuracy": results[space]["best_accuracy"],
+                    "best_strategy": (results[space]["best_params"] or {}).get("strategy"),
+                    "compute_seconds": results[space]["compute_seconds"],
+                    "pruned": results[space]["pruned"],
+                }
+                for space in SPACES
+            },
+            "winner": best_space,
+        }
+    )
     write_json(a.out, payload)
     for s, v in table.items():
         print(f"{s:<8} " + "  ".join(f"{sp}={v[sp]}" for sp in SPACES))

@@ -27,7 +27,6 @@ import datetime as dt
 import json
 import multiprocessing
 import os
-import platform
 import sys
 import time
 import uuid
@@ -36,6 +35,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from benchmarks._common import machine  # noqa: E402
+
 RESULTS = ROOT / "benchmarks" / "results" / "storage_load.json"
 
 
@@ -164,18 +166,6 @@ def run_one(server: str, n_workers: int, per_worker: int) -> dict[str, Any]:
         _drop_database(server, db)
 
 
-def _machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "platform": platform.platform()}
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument(
@@ -208,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python benchmarks/storage_load.py "
         + " ".join(argv if argv is not None else sys.argv[1:]),
         "server": redact(args.server),
-        "machine": _machine(),
+        "machine": machine(with_torch=False),  # no torch: workers here never train
         "versions": {
             k: metadata.version(k) for k in ("optuna", "sqlalchemy", "psycopg2-binary") if _installed(k)
         },

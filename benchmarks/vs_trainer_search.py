@@ -34,14 +34,13 @@ from benchmarks._common import (  # noqa: E402
     TOLERANCE,
     LoadSampler,
     Stopwatch,
-    machine,
     now_iso,
     resolve_model,
+    run_header,
     seconds_until,
     start_run,
     summarize,
     trial_rows,
-    versions,
     write_json,
 )
 
@@ -388,23 +387,9 @@ def main(argv: list[str] | None = None) -> int:
             f"pruned {r['pruned']}/{r['n_trials']} ===",
             flush=True,
         )
-    payload = {
-        "benchmark": "vs_trainer_search",
-        "mode": "quick" if a.quick else "full",
-        "started": started,
-        "finished": now_iso(),
-        "command": "python benchmarks/vs_trainer_search.py " + " ".join(argv),
-        "machine": machine(),
-        "versions": versions(),
-        "config": {
-            "model": a.model,
-            "data": str(Path(a.data).resolve()),
-            "train_limit": a.train_limit,
-            "validation_limit": a.validation_limit,
-            "max_length": a.max_length,
-            "epochs": a.epochs,
-            "n_trials": a.n_trials,
-            "seed": a.seed,
+    payload = run_header("vs_trainer_search", a, argv, started)
+    payload["config"].update(
+        {
             "hpo_evals_per_epoch": HPO_EVALS_PER_EPOCH,
             "order": order,
             "space": {
@@ -412,10 +397,14 @@ def main(argv: list[str] | None = None) -> int:
                 "learning_rate": [LR_LOW, LR_HIGH, "log"],
                 "per_device_train_batch_size": BATCH_SIZES,
             },
-        },
-        "methods": {PEER: results[PEER], HPO: results[HPO]},
-        "comparison": compare(results[PEER], results[HPO]),
-    }
+        }
+    )
+    payload.update(
+        {
+            "methods": {PEER: results[PEER], HPO: results[HPO]},
+            "comparison": compare(results[PEER], results[HPO]),
+        }
+    )
     payload["work"] = work(payload)
     write_json(a.out, payload)
     c = payload["comparison"]

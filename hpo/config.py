@@ -262,6 +262,27 @@ def parse_data(
     return data
 
 
+def check_objective(objective: ObjectiveSpec, task: str, err: typing.Callable[[str], None]) -> None:
+    """The metric must be one the task reports; the direction maximize, minimize or unset."""
+    from hpo.tasks import TASKS
+
+    metrics = TASKS[task].metrics
+    if objective.metric not in metrics:
+        err(
+            f"objective.metric: unknown metric {objective.metric!r} for task {task} (known: {', '.join(metrics)})"
+        )
+    if objective.direction not in (None, "maximize", "minimize"):
+        err(f"objective.direction: expected maximize or minimize, got {objective.direction!r}")
+
+
+def check_schedule(budget: Any, err: typing.Callable[[str], None]) -> None:
+    """Epochs and evaluations per epoch of a study's or a retraining spec's budget."""
+    if budget.max_epochs <= 0:
+        err(f"budget.max_epochs: must be > 0, got {budget.max_epochs}")
+    if budget.evals_per_epoch < 1:
+        err(f"budget.evals_per_epoch: must be >= 1, got {budget.evals_per_epoch}")
+
+
 # --------------------------------------------------------------------------- study files
 
 
@@ -373,21 +394,12 @@ def parse_study(raw: dict[str, Any], path: Path) -> StudySpec:
     pruner = _section(PrunerSpec, raw.get("pruner"), "pruner", err)
     execution = _section(ExecutionSpec, raw.get("execution"), "execution", err)
 
-    metrics = TASKS[task].metrics
-    if objective.metric not in metrics:
-        err(
-            f"objective.metric: unknown metric {objective.metric!r} for task {task} (known: {', '.join(metrics)})"
-        )
-    if objective.direction not in (None, "maximize", "minimize"):
-        err(f"objective.direction: expected maximize or minimize, got {objective.direction!r}")
+    check_objective(objective, task, err)
     if budget.n_trials < 1:
         err(f"budget.n_trials: must be >= 1, got {budget.n_trials}")
     if budget.timeout is not None and budget.timeout <= 0:
         err(f"budget.timeout: must be > 0 seconds, got {budget.timeout}")
-    if budget.max_epochs <= 0:
-        err(f"budget.max_epochs: must be > 0, got {budget.max_epochs}")
-    if budget.evals_per_epoch < 1:
-        err(f"budget.evals_per_epoch: must be >= 1, got {budget.evals_per_epoch}")
+    check_schedule(budget, err)
     if sampler.name not in SAMPLERS:
         err(f"sampler.name: unknown sampler {sampler.name!r} (known: {', '.join(SAMPLERS)})")
     if sampler.n_startup_trials is not None and sampler.n_startup_trials < 0:

@@ -41,6 +41,8 @@ from hpo.config import (
     ExecutionSpec,
     ObjectiveSpec,
     StudySpec,
+    check_objective,
+    check_schedule,
     load_mapping,
     parse_data,
 )
@@ -370,18 +372,9 @@ def parse_retrain(raw: dict[str, Any], path: Path) -> RetrainSpec:
         training["eval_batch_size"] = EXTRA_TRAINING_KEYS["eval_batch_size"]
 
     budget = _section(_RetrainBudget, raw.get("budget"), "budget", err)
-    if budget.max_epochs <= 0:
-        err(f"budget.max_epochs: must be > 0, got {budget.max_epochs}")
-    if budget.evals_per_epoch < 1:
-        err(f"budget.evals_per_epoch: must be >= 1, got {budget.evals_per_epoch}")
+    check_schedule(budget, err)
     objective = _section(ObjectiveSpec, raw.get("objective"), "objective", err)
-    metrics = TASKS[task].metrics
-    if objective.metric not in metrics:
-        err(
-            f"objective.metric: unknown metric {objective.metric!r} for task {task} (known: {', '.join(metrics)})"
-        )
-    if objective.direction not in (None, "maximize", "minimize"):
-        err(f"objective.direction: expected maximize or minimize, got {objective.direction!r}")
+    check_objective(objective, task, err)
 
     if problems:
         raise ConfigError(problems)

@@ -39,6 +39,9 @@ class ObjectiveSpec:
     """Validation metric of the task (accuracy, precision, recall, f1, loss)."""
     direction: str | None = None
     """maximize or minimize; default follows the metric (loss: minimize, else maximize)."""
+    select: str = "last"
+    """Which evaluation of a trial is its value: last (the end of training) or best (the best
+    evaluation on the schedule: early stopping; an exported retrain stops at that step)."""
 
 
 @dataclass
@@ -262,6 +265,9 @@ def parse_data(
     return data
 
 
+SELECT = ("last", "best")
+
+
 def check_objective(objective: ObjectiveSpec, task: str, err: typing.Callable[[str], None]) -> None:
     """The metric must be one the task reports; the direction maximize, minimize or unset."""
     from hpo.tasks import TASKS
@@ -273,6 +279,8 @@ def check_objective(objective: ObjectiveSpec, task: str, err: typing.Callable[[s
         )
     if objective.direction not in (None, "maximize", "minimize"):
         err(f"objective.direction: expected maximize or minimize, got {objective.direction!r}")
+    if objective.select not in SELECT:
+        err(f"objective.select: expected {' or '.join(SELECT)}, got {objective.select!r}")
 
 
 def check_schedule(budget: Any, err: typing.Callable[[str], None]) -> None:
@@ -530,7 +538,12 @@ def study_as_dict(spec: StudySpec) -> dict[str, Any]:
         "model": spec.model,
         "data": data,
         "space": spec.space.to_dict(),
-        "objective": {"metric": spec.objective.metric, "direction": spec.direction},
+        "objective": {
+            "metric": spec.objective.metric,
+            "direction": spec.direction,
+            # absent when "last", so studies created before the key existed still match
+            **({"select": spec.objective.select} if spec.objective.select != "last" else {}),
+        },
         "budget": {"max_epochs": spec.budget.max_epochs, "evals_per_epoch": spec.budget.evals_per_epoch},
         "training": dict(spec.training),
         "seed": spec.seed,

@@ -16,8 +16,8 @@ File layout::
            fingerprint: ...}
     strategy: {name: lora, params: {r: 8, alpha_over_r: 2, dropout: 0.05, target_modules: null}}
     training: {learning_rate: ..., per_device_train_batch_size: ..., ..., eval_batch_size: 64}
-    budget: {max_epochs: 1, evals_per_epoch: 4}
-    objective: {metric: accuracy, direction: maximize}
+    budget: {max_epochs: 1, evals_per_epoch: 4, stop_after_step: 150}   # stop: objective.select best
+    objective: {metric: accuracy, direction: maximize, select: best}
     seed: 0
     device: auto
     provenance: {study: ..., trial: ..., value: ..., ...}   # free-form record, not read back
@@ -95,10 +95,14 @@ class RetrainSpec:
     """Epochs when training.num_train_epochs is null."""
     evals_per_epoch: int
     """Validation evaluations per epoch (the curve in the metrics chart)."""
+    stop_after_step: int | None
+    """End training after this optimizer step (the trial's selected evaluation); None: train it all."""
     metric: str
     """The study's objective metric."""
     direction: str
     """maximize or minimize."""
+    select: str
+    """The study's rule for a trial's value (last or best evaluation); informational here."""
     seed: int
     """Training seed (model head initialisation, dropout, data order)."""
     device: str = "auto"
@@ -158,8 +162,8 @@ class RetrainSpec:
             "data": data,
             "strategy": {"name": self.strategy, "params": dict(self.strategy_params)},
             "training": dict(self.training),
-            "budget": {"max_epochs": self.max_epochs, "evals_per_epoch": self.evals_per_epoch},
-            "objective": {"metric": self.metric, "direction": self.direction},
+            "budget": _budget_dict(self.max_epochs, self.evals_per_epoch, self.stop_after_step),
+            "objective": _objective_dict(self.metric, self.direction, self.select),
             "seed": self.seed,
             "device": self.device,
             "provenance": dict(self.provenance if provenance is None else provenance),
@@ -180,7 +184,7 @@ class RetrainSpec:
             space=space,
             task=self.task,
             description=f"retrain of {self.summary()}",
-            objective=ObjectiveSpec(metric=self.metric, direction=self.direction),
+            objective=ObjectiveSpec(metric=self.metric, direction=self.direction, select=self.select),
             budget=BudgetSpec(n_trials=1, max_epochs=self.max_epochs, evals_per_epoch=self.evals_per_epoch),
             execution=ExecutionSpec(device=self.device),
             training=dict(self.training),
@@ -197,6 +201,24 @@ class _RetrainBudget:
     """Epochs when training.num_train_epochs is null."""
     evals_per_epoch: int = 2
     """Validation evaluations per epoch."""
+    stop_after_step: int | None = None
+    """End training after this optimizer step; the learning-rate schedule is the full run's."""
+
+
+def _budget_dict(max_epochs: Any, evals_per_epoch: Any, stop_after_step: int | None) -> dict[str, Any]:
+    """The budget section; stop_after_step only when the retrain stops early."""
+    out: dict[str, Any] = {"max_epochs": max_epochs, "evals_per_epoch": evals_per_epoch}
+    if stop_after_step is not None:
+        out["stop_after_step"] = stop_after_step
+    return out
+
+
+def _objective_dict(metric: str, direction: str, select: str) -> dict[str, Any]:
+    """The objective section; select only when it is not the default (last)."""
+    out: dict[str, Any] = {"metric": metric, "direction": direction}
+    if select != "last":
+        out["select"] = select
+    return out
 
 
 # --------------------------------------------------------------------------- loading
@@ -373,6 +395,8 @@ def parse_retrain(raw: dict[str, Any], path: Path) -> RetrainSpec:
 
     budget = _section(_RetrainBudget, raw.get("budget"), "budget", err)
     check_schedule(budget, err)
+    if budget.stop_after_step is not None and budget.stop_after_step < 1:
+        err(f"budget.stop_after_step: must be a positive step number, got {budget.stop_after_step}")
     objective = _section(ObjectiveSpec, raw.get("objective"), "objective", err)
     check_objective(objective, task, err)
 
@@ -391,7 +415,9 @@ def parse_retrain(raw: dict[str, Any], path: Path) -> RetrainSpec:
         training=training,
         max_epochs=float(budget.max_epochs),
         evals_per_epoch=int(budget.evals_per_epoch),
+        stop_after_step=budget.stop_after_step,
         metric=objective.metric,
+        select=objective.select,
         direction=direction,
         seed=seed,
         device=str(device),
@@ -492,6 +518,13 @@ def retrain_dict(study: Any, trial: Any, storage_url: str) -> dict[str, Any]:
     known = TASKS[task].metrics if task in TASKS else ()
     # val_runtime and friends are Trainer timings, not metrics
     validation = {m: trial.user_attrs[f"val_{m}"] for m in known if f"val_{m}" in trial.user_attrs}
+    # objective.select best: the trial's value is an evaluation before the end of training;
+    # the retrain stops at that step (same schedule, so the same weights).
+    select = (hpo_config.get("objective") or {}).get("select", "last")
+    stop_after_step = None
+    sel_step, steps = trial.user_attrs.get("selected_step"), trial.user_attrs.get("steps")
+    if isinstance(sel_step, int) and isinstance(steps, int) and sel_step < steps:
+        stop_after_step = sel_step
     provenance: dict[str, Any] = {
         "study": study.study_name,
         "trial": trial.number,
@@ -506,6 +539,7 @@ def retrain_dict(study: Any, trial: Any, storage_url: str) -> dict[str, Any]:
         "train_seconds",
         "steps",
         "evaluations",
+        "selected_evaluation",
         "device",
         "worker",
     ):
@@ -529,8 +563,8 @@ def retrain_dict(study: Any, trial: Any, storage_url: str) -> dict[str, Any]:
         "data": data,
         "strategy": {"name": cfg["strategy"], "params": dict(cfg["strategy_params"])},
         "training": training,
-        "budget": {"max_epochs": max_epochs, "evals_per_epoch": budget.get("evals_per_epoch", 2)},
-        "objective": {"metric": metric, "direction": study.direction.name.lower()},
+        "budget": _budget_dict(max_epochs, budget.get("evals_per_epoch", 2), stop_after_step),
+        "objective": _objective_dict(metric, study.direction.name.lower(), select),
         "seed": int(trial.user_attrs.get("seed", hpo_config.get("seed", 0))),
         "device": "auto",
         "provenance": provenance,

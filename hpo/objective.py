@@ -176,6 +176,33 @@ class Outcome:
     total_params: int
     steps: int
     model: Any = None
+    selected: int = 0
+    """1-based index into ``history`` of the evaluation ``metrics`` come from (0: the last)."""
+
+    def select(self, metric: str, direction: str, rule: str) -> Outcome:
+        """Take ``metrics`` from the evaluation the objective's ``select`` rule picks.
+
+        ``last``: the final evaluation. ``best``: the best one on the schedule (the earliest of
+        equals), which a retrain reproduces by stopping at its step (``stop_after_step``).
+        """
+        index = len(self.history)
+        if rule == "best" and self.history:
+            values = [h.get(metric, math.nan) for h in self.history]
+            sign = 1.0 if direction == "maximize" else -1.0
+            finite = [i for i, v in enumerate(values) if math.isfinite(v)]
+            if finite:
+                index = 1 + max(finite, key=lambda i: (sign * values[i], -i))
+        self.selected = index
+        if self.history:
+            self.metrics = {k: v for k, v in self.history[index - 1].items() if k not in ("step", "epoch")}
+        return self
+
+    @property
+    def selected_step(self) -> int:
+        """The optimizer step of the selected evaluation."""
+        if not self.history:
+            return self.steps
+        return int(self.history[(self.selected or len(self.history)) - 1].get("step", self.steps))
 
 
 def training_arguments(
@@ -236,12 +263,18 @@ def train_and_evaluate(
     on_eval: Callable[[int, dict[str, float]], bool] | None = None,
     keep_model: bool = False,
     train_split: str = "train",
+    stop_after_step: int | None = None,
 ) -> Outcome:
-    """Train one configuration and evaluate on the validation split on the fixed schedule."""
+    """Train one configuration and evaluate on the validation split on the fixed schedule.
+
+    ``stop_after_step`` ends training after that optimizer step (and its evaluation) without
+    changing the schedule: the learning rate decays as for the full run, so the weights are the
+    ones the full run had at that step.
+    """
     import torch
     from transformers import PrinterCallback, Trainer, set_seed
 
-    from hpo.pruning import EvalSchedule, ReportEvaluations
+    from hpo.pruning import EvalSchedule, ReportEvaluations, StopAfterStep
 
     task = get_task(ctx.spec.task)
     set_seed(seed)
@@ -260,7 +293,7 @@ def train_and_evaluate(
             eval_dataset=ctx.datasets["validation"],
             data_collator=task.collator(ctx.tokenizer),
             compute_metrics=lambda p: task.compute_metrics(p.predictions, p.label_ids),
-            callbacks=[EvalSchedule(schedule), reporter],
+            callbacks=[EvalSchedule(schedule), reporter, StopAfterStep(stop_after_step)],
         )
         # With tqdm disabled the Trainer adds a callback that prints every log dict.
         trainer.remove_callback(PrinterCallback)
@@ -269,14 +302,14 @@ def train_and_evaluate(
             result = trainer.train()
             seconds = time.perf_counter() - t0
         steps = int(result.global_step)
-        if not reporter.history:  # stopped before the first scheduled evaluation
+        last_step = int(reporter.history[-1]["step"]) if reporter.history else -1
+        if last_step != steps and not reporter.pruned:  # stopped off the evaluation schedule
             reporter.on_evaluate(trainer.args, trainer.state, trainer.control, trainer.evaluate())
         per_step = int(cfg.training["per_device_train_batch_size"]) * int(
             cfg.training["gradient_accumulation_steps"]
         )
-        metrics = {k: v for k, v in reporter.history[-1].items() if k not in ("step", "epoch")}
         return Outcome(
-            metrics=metrics,
+            metrics={},
             history=reporter.history,
             pruned=reporter.pruned,
             train_seconds=seconds,
@@ -286,7 +319,7 @@ def train_and_evaluate(
             total_params=total,
             steps=steps,
             model=model if keep_model else None,
-        )
+        ).select(ctx.spec.objective.metric, ctx.spec.direction, "last")
     finally:
         del trainer
         if not keep_model:
@@ -356,6 +389,8 @@ def make_objective(
         except Exception as e:
             trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:1000])
             raise
+        if not out.pruned:
+            out.select(metric, spec.direction, spec.objective.select)
         attrs = AttrBuffer(trial)
         record_outcome(attrs, out)
         attrs.flush()
@@ -380,3 +415,5 @@ def record_outcome(trial: Any, out: Outcome) -> None:
     trial.set_user_attr("peak_memory_mb", round(out.peak_memory_mb, 1))
     trial.set_user_attr("steps", out.steps)
     trial.set_user_attr("evaluations", len(out.history))
+    trial.set_user_attr("selected_evaluation", out.selected or len(out.history))
+    trial.set_user_attr("selected_step", out.selected_step)

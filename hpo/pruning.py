@@ -33,6 +33,18 @@ class EvalSchedule(TrainerCallback):  # type: ignore[misc]
         return control
 
 
+class StopAfterStep(TrainerCallback):  # type: ignore[misc]
+    """End training after a given optimizer step (None: never); its evaluation still runs."""
+
+    def __init__(self, step: int | None):
+        self.step = step
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if self.step is not None and state.global_step >= self.step:
+            control.should_training_stop = True
+        return control
+
+
 class TrialPrunedSignal(Exception):
     """Raised by the reporter when the pruner stops a trial (turned into optuna.TrialPruned)."""
 

@@ -169,11 +169,14 @@ def trainable(config: dict[str, Any], spec: StudySpec | None = None, url: str | 
     except Exception as e:
         rec.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:1000])
         raise
+    if not state["stopped"]:
+        out.select(metric, spec.direction, spec.objective.select)
     record_outcome(rec, out)
     if state["stopped"]:
         rec.set_user_attr("stopped_early", True)
         return
-    final = dict(state["last"] or {EVAL_KEY: len(out.history), **out.metrics})
+    final = dict(state["last"] or {EVAL_KEY: len(out.history)})
+    final.update(out.metrics)  # the selected evaluation's (objective.select)
     final[FINAL_KEY] = True
     tune.report(final)
 

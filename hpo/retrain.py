@@ -325,7 +325,11 @@ def retrain(
         )
         return False
 
-    out = train_and_evaluate(ctx, cfg, rspec.seed, on_eval=progress, keep_model=True)
+    if rspec.stop_after_step is not None:
+        say(f"stopping after step {rspec.stop_after_step} (the trial's selected evaluation)")
+    out = train_and_evaluate(
+        ctx, cfg, rspec.seed, on_eval=progress, keep_model=True, stop_after_step=rspec.stop_after_step
+    )
     test = evaluate_split(ctx, out.model, cfg, rspec.seed, "test")
 
     try:

@@ -75,7 +75,7 @@ space:
   per_device_train_batch_size: [8, 0]
   strategies:
     lora: {r: [4, 8], rank: 3}
-objective: {metric: bleu}
+objective: {metric: bleu, select: first}
 budget: {n_trials: 0, evals_per_epoch: 2}
 pruner: {name: hyperband, percentile: 30}
 colour: blue
@@ -97,6 +97,7 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
         "per_device_train_batch_size: must be >= 1, got 0",
         "strategies.lora.rank: unknown parameter for strategy 'lora'",
         "objective.metric: unknown metric 'bleu'",
+        "objective.select: expected last or best, got 'first'",
         "budget.n_trials: must be >= 1, got 0",
         "pruner.percentile: not an option of pruner 'hyperband'",
     ]:

@@ -263,3 +263,61 @@ def test_retrain_full_with_overrides(db: str, tmp_path: Path, capsys: pytest.Cap
     capsys.readouterr()
     assert main(["retrain", str(spec), "-o", str(out), "--set", "training.lr=1"]) == 1
     assert "training.lr: unknown training argument" in capsys.readouterr().err
+
+
+def test_select_best_takes_the_best_evaluation_and_retrain_stops_there(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """objective.select best: the value is the best evaluation; the export stops the retrain at its step."""
+    url = f"sqlite:///{tmp_path / 'sel.db'}"
+    path = write_study(
+        tmp_path,
+        tiny_model_dir,
+        name="sel",
+        space={
+            "strategy": ["full"],
+            "learning_rate": {"low": 1e-3, "high": 3e-2, "log": True},
+            "per_device_train_batch_size": [16],
+        },
+        objective={"metric": "accuracy", "select": "best"},
+        budget={"n_trials": 4, "max_epochs": 2, "evals_per_epoch": 4},
+    )
+    study = run_worker(load_study(path), url, n_trials=4, quiet=True)
+    trials = [t for t in study.trials if t.state == TS.COMPLETE]
+    assert len(trials) == 4
+    for t in trials:
+        curve = [t.intermediate_values[i] for i in sorted(t.intermediate_values)]
+        assert len(curve) == 8 and t.value == max(curve)
+        first_best = 1 + curve.index(max(curve))
+        assert t.user_attrs["selected_evaluation"] == first_best
+        assert t.user_attrs["selected_step"] == first_best  # 4 steps per epoch, one evaluation per step
+        assert t.user_attrs["steps"] == 8
+    early = [t for t in trials if t.user_attrs["selected_step"] < 8]
+    assert early, "no trial peaked before the end of training"
+    trial = early[0]
+
+    out = tmp_path / "best.yaml"
+    assert main(["export", "sel", "--trial", str(trial.number), "-o", str(out), "--storage", url]) == 0
+    spec = load_yaml(out)
+    assert spec["budget"] == {
+        "max_epochs": 2,
+        "evals_per_epoch": 4,
+        "stop_after_step": trial.user_attrs["selected_step"],
+    }
+    assert spec["objective"] == {"metric": "accuracy", "direction": "maximize", "select": "best"}
+    assert spec["provenance"]["selected_evaluation"] == trial.user_attrs["selected_evaluation"]
+
+    capsys.readouterr()
+    run = tmp_path / "run"
+    retrain(out, run)
+    assert f"stopping after step {trial.user_attrs['selected_step']}" in capsys.readouterr().out
+    metrics = json.loads((run / "metrics.json").read_text())
+    # Same schedule, stopped at the selected step: exactly the trial's value and loss.
+    assert metrics["validation"]["accuracy"] == trial.value
+    assert metrics["validation"]["loss"] == trial.user_attrs["val_loss"]
+    assert len(metrics["validation_history"]) == trial.user_attrs["selected_evaluation"]
+
+    spec["budget"]["stop_after_step"] = 0
+    out.write_text(dump_yaml(spec))
+    with pytest.raises(ConfigError, match=r"budget\.stop_after_step: must be a positive step number"):
+        load_retrain_spec(out)

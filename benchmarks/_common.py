@@ -119,6 +119,9 @@ def trial_rows(study: Any) -> list[dict[str, Any]]:
                 "intermediate": {str(k): v for k, v in sorted(t.intermediate_values.items())},
             }
         )
+        for key in ("repeat_of", "selected_evaluation"):  # hpo's: see hpo.objective
+            if key in t.user_attrs:
+                rows[-1][key] = t.user_attrs[key]
     return rows
 
 
@@ -148,6 +151,7 @@ def summarize(rows: list[dict[str, Any]], setup_seconds: float, wall_seconds: fl
         "complete": len(complete),
         "pruned": sum(r["state"] == "PRUNED" for r in rows),
         "failed": sum(r["state"] == "FAIL" for r in rows),
+        "repeats_not_trained": sum("repeat_of" in r for r in rows),
         "trial_seconds": round(trial_seconds, 1),
         "setup_seconds": round(setup_seconds, 1),
         "compute_seconds": round(trial_seconds + setup_seconds, 1),

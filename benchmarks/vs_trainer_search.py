@@ -212,8 +212,9 @@ def study_yaml(a: argparse.Namespace) -> str:
             "learning_rate": {"low": LR_LOW, "high": LR_HIGH, "log": True},
             "per_device_train_batch_size": BATCH_SIZES,
         },
-        "objective": {"metric": "accuracy", "direction": "maximize"},
-        # As in the shipped studies/sst2-minilm.yaml: four evaluations per epoch, hyperband.
+        # As in the shipped studies/sst2-minilm.yaml: a trial's value is its best evaluation
+        # (early stopping; the exported retrain stops there), four evaluations per epoch, hyperband.
+        "objective": {"metric": "accuracy", "direction": "maximize", "select": "best"},
         "budget": {"n_trials": a.n_trials, "max_epochs": a.epochs, "evals_per_epoch": HPO_EVALS_PER_EPOCH},
         "sampler": {"name": "tpe", "seed": a.seed},
         "pruner": {"name": "hyperband"},
@@ -277,6 +278,15 @@ def compare(peer: dict[str, Any], hpo: dict[str, Any]) -> dict[str, Any]:
         out["hpo_seconds_to_common_target"] = sh
         out["seconds_to_common_target_ratio"] = round(sh / sp, 3) if sp and sh else None
     out["same_rows"] = peer.get("data_fingerprint") == hpo.get("data_fingerprint")
+    # objective.select best: hpo's value is a trial's best evaluation. For comparison, the best
+    # final (end-of-training) evaluation among the same trained trials.
+    trained = [r for r in hpo["trials"] if r["state"] == "COMPLETE" and r["intermediate"] and "repeat_of" not in r]
+    finals = [r["intermediate"][max(r["intermediate"], key=int)] for r in trained]
+    out["hpo_best_final_evaluation"] = max(finals) if finals else None
+    best = next((r for r in hpo["trials"] if r["number"] == hpo.get("best_trial")), None)
+    if best is not None:
+        out["hpo_best_trial_selected_evaluation"] = best.get("selected_evaluation")
+        out["hpo_best_trial_evaluations"] = len(best["intermediate"])
     return out
 
 
@@ -344,7 +354,8 @@ def markdown(doc: dict[str, Any]) -> str:
         lines.append(
             f"| {label} | {f(m['best_accuracy'], True)} | {f(m['compute_seconds'])} "
             f"({f(m['trial_seconds'])} + {f(m['setup_seconds'])}) | {f(m['seconds_to_within_0.5pt_of_own_best'])} "
-            f"| {f(target)} | {m['pruned']} / {m['n_trials']} "
+            f"| {f(target)} | {m['pruned']} / {m['n_trials']}"
+            f"{' (' + str(m['repeats_not_trained']) + ' repeats, not trained)' if m.get('repeats_not_trained') else ''} "
             f"| {m['load_average']['mean']} ({m['load_average']['max']}) |"
         )
     lines += [
@@ -355,6 +366,12 @@ def markdown(doc: dict[str, Any]) -> str:
         f"{f(c.get('common_target_accuracy'), True)} (the better best minus 0.5 points), "
         f"time-to-target ratio {c.get('seconds_to_common_target_ratio')}; same training rows: {c['same_rows']}.",
     ]
+    if c.get("hpo_best_trial_selected_evaluation"):
+        lines.append(
+            f"hpo's best trial scored its best at evaluation {c['hpo_best_trial_selected_evaluation']} of "
+            f"{c['hpo_best_trial_evaluations']} (`objective.select: best`); the best end-of-training "
+            f"accuracy among hpo's trained trials: {f(c['hpo_best_final_evaluation'], True)}."
+        )
     w = doc.get("work") or work(doc)
     lines.append(
         f"Load-independent work: training examples processed {w[PEER]['train_examples']:,} (peer) vs "

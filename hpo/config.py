@@ -68,6 +68,11 @@ class SamplerSpec:
     """Sampler seed; default the study's seed."""
     n_startup_trials: int | None = None
     """Random trials before the model-based sampler takes over (tpe, gp)."""
+    skip_repeats: float | None = 0.01
+    """A sampled configuration with the same categorical values as a COMPLETE trial and every
+    numeric parameter within this fraction of its range (on its sampling scale, log or linear)
+    is not trained: it takes that trial's value (user attribute ``repeat_of``). 0: exact
+    repeats only; null: train every sampled configuration. Enqueued trials always train."""
 
 
 @dataclass
@@ -412,6 +417,8 @@ def parse_study(raw: dict[str, Any], path: Path) -> StudySpec:
         err(f"sampler.name: unknown sampler {sampler.name!r} (known: {', '.join(SAMPLERS)})")
     if sampler.n_startup_trials is not None and sampler.n_startup_trials < 0:
         err(f"sampler.n_startup_trials: must be >= 0, got {sampler.n_startup_trials}")
+    if sampler.skip_repeats is not None and not 0 <= sampler.skip_repeats < 1:
+        err(f"sampler.skip_repeats: must be in [0, 1) or null, got {sampler.skip_repeats}")
     if pruner.name not in PRUNER_OPTIONS:
         err(f"pruner.name: unknown pruner {pruner.name!r} (known: {', '.join(PRUNER_OPTIONS)})")
     else:

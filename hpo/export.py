@@ -600,6 +600,8 @@ def pick_trial(study: Any, trial_number: int | None) -> Any:
             f"trial {trial_number} of study {study.study_name!r} is {found.state.name}, not COMPLETE; "
             f"only complete trials can be exported (complete: {shown or 'none'})"
         )
+    if "repeat_of" in found.user_attrs:  # not trained: its value is the trial it repeats
+        return next(t for t in trials if t.number == found.user_attrs["repeat_of"])
     return found
 
 
@@ -625,9 +627,14 @@ def export_trial(storage_url: str, name: str, out_path: Path, trial_number: int 
     study = load_one(storage_url, name)
     trial = pick_trial(study, trial_number)
     spec = retrain_dict(study, trial, storage_url)
+    repeat = (
+        f"; trial {trial_number} repeats it (sampler.skip_repeats) and was not trained"
+        if trial_number is not None and trial_number != trial.number
+        else ""
+    )
     header = (
         f"# Retraining spec of trial {trial.number} of study {study.study_name!r} "
-        f"({spec['provenance']['metric']}={trial.value:.4f}).\n"
+        f"({spec['provenance']['metric']}={trial.value:.4f}){repeat}.\n"
         f"# Train it: hpo retrain {out_path} [-o DIR] [--set training.num_train_epochs=3 ...]\n"
     )
     try:

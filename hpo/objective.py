@@ -335,6 +335,44 @@ def trial_seed(spec: StudySpec) -> int:
     return spec.seed
 
 
+def _distance(a: Any, b: Any, dist: Any) -> float:
+    """|a - b| as a fraction of the distribution's range on its sampling scale; categorical: 0 or inf."""
+    low, high = getattr(dist, "low", None), getattr(dist, "high", None)
+    if low is None or high is None or isinstance(a, bool) or not isinstance(a, (int, float)):
+        return 0.0 if a == b else math.inf
+    if a == b:
+        return 0.0
+    if getattr(dist, "log", False):
+        a, b, low, high = math.log(a), math.log(b), math.log(low), math.log(high)
+    span = float(high - low)
+    return abs(float(a) - float(b)) / span if span > 0 else math.inf
+
+
+def find_repeat(trial: Any, tolerance: float | None) -> Any:
+    """The COMPLETE, trained trial that ``trial``'s sampled configuration repeats, or None.
+
+    A repeat has the same parameters, the same categorical values and every numeric value within
+    ``tolerance`` of its range (``sampler.skip_repeats``); the closest one wins. Enqueued trials
+    (a user's own configurations, retries of dead workers' trials) are never repeats.
+    """
+    import optuna
+
+    frozen = getattr(trial, "_cached_frozen_trial", None)
+    if tolerance is None or (frozen is not None and "fixed_params" in frozen.system_attrs):
+        return None
+    params, dists = trial.params, trial.distributions
+    best, best_d = None, math.inf
+    for t in trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+        if t.number == trial.number or "repeat_of" in t.user_attrs or set(t.params) != set(params):
+            continue
+        if any(t.distributions[k] != dists[k] for k in params):
+            continue
+        d = max((_distance(params[k], t.params[k], dists[k]) for k in params), default=0.0)
+        if d <= tolerance and d < best_d:
+            best, best_d = t, d
+    return best
+
+
 def make_objective(
     ctx: WorkerContext,
     on_trial_start: Callable[[Any], Callable[[int, dict[str, float]], None]] | None = None,
@@ -368,6 +406,12 @@ def make_objective(
                 "device": ctx.device,
             },
         )
+        repeat = find_repeat(trial, spec.sampler.skip_repeats)
+        if repeat is not None:
+            # Within sampler.skip_repeats of a trained trial, same seed: training it again
+            # would measure noise, not the configuration.
+            write_user_attrs(trial, {"repeat_of": repeat.number})
+            return float(repeat.value)
         report = optuna_reporter(trial, metric)
         show = on_trial_start(trial) if on_trial_start else None
 

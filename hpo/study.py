@@ -266,6 +266,8 @@ class ProgressPrinter:
             best_txt = f"best {best.value:.4f} (#{best.number} {best.params.get('strategy', '')})"
         except ValueError:
             best_txt = "best -"
+        if "repeat_of" in trial.user_attrs:
+            reason = f" [repeat of #{trial.user_attrs['repeat_of']}, not trained]"
         self._p(
             f"trial {trial.number:>3} {state:<8}{value} {secs:6.1f}s  {fmt_params(trial)}{reason}  | {best_txt}"
         )

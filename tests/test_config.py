@@ -78,6 +78,7 @@ space:
 objective: {metric: bleu, select: first}
 budget: {n_trials: 0, evals_per_epoch: 2}
 pruner: {name: hyperband, percentile: 30}
+sampler: {skip_repeats: 1.5}
 colour: blue
 """
 
@@ -100,6 +101,7 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
         "objective.select: expected last or best, got 'first'",
         "budget.n_trials: must be >= 1, got 0",
         "pruner.percentile: not an option of pruner 'hyperband'",
+        "sampler.skip_repeats: must be in [0, 1) or null, got 1.5",
     ]:
         assert expected in text, f"missing {expected!r} in:\n{text}"
     assert all(p.startswith(str(f)) for p in exc.value.problems)

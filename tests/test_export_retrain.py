@@ -281,6 +281,7 @@ def test_select_best_takes_the_best_evaluation_and_retrain_stops_there(
         },
         objective={"metric": "accuracy", "select": "best"},
         budget={"n_trials": 4, "max_epochs": 2, "evals_per_epoch": 4},
+        sampler={"name": "random", "skip_repeats": None},  # every trial trains
     )
     study = run_worker(load_study(path), url, n_trials=4, quiet=True)
     trials = [t for t in study.trials if t.state == TS.COMPLETE]

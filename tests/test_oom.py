@@ -103,7 +103,14 @@ def test_trials_retry_at_half_the_micro_batch_and_the_study_goes_on(
     tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
-    spec = load_study(write_study(tmp_path, tiny_model_dir, training={"max_train_steps": 3}))
+    spec = load_study(
+        write_study(
+            tmp_path,
+            tiny_model_dir,
+            training={"max_train_steps": 3},
+            sampler={"name": "random", "skip_repeats": None},  # every trial trains
+        )
+    )
     ctx = prepare(spec)
     # Micro-batch 16 "does not fit"; 8 neither; 4 does.
     monkeypatch.setenv(INJECT_ENV, "4")

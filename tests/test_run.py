@@ -154,3 +154,81 @@ def test_changed_study_file_does_not_mix_into_existing_study(
     assert main(["run", str(path), "--storage", url]) == 1
     assert "already exists with different settings (data.seed, seed)" in capsys.readouterr().err
     assert len(_study(url).get_trials()) == 1
+
+
+def _repeat_probe(lr: float, bs: int, tolerance: float | None, enqueue: bool = False) -> int | None:
+    """Which trial a sampled (lr, bs) repeats in a study holding one trained trial at 4.94e-5/16."""
+    from hpo.objective import find_repeat
+
+    lr_dist = optuna.distributions.FloatDistribution(2e-5, 5e-5, log=True)
+    bs_dist = optuna.distributions.CategoricalDistribution([16, 32])
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"learning_rate": 4.94e-5, "bs": 16},
+            distributions={"learning_rate": lr_dist, "bs": bs_dist},
+            value=0.8,
+        )
+    )
+    # A trained trial's own repeat is never matched (no chains): this one is at the probe point.
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"learning_rate": lr, "bs": bs},
+            distributions={"learning_rate": lr_dist, "bs": bs_dist},
+            value=0.8,
+            user_attrs={"repeat_of": 0},
+        )
+    )
+    fixed = {"learning_rate": lr, "bs": bs}
+    if enqueue:
+        study.enqueue_trial(fixed)
+    else:
+        study.sampler = optuna.samplers.PartialFixedSampler(fixed, optuna.samplers.RandomSampler())
+    trial = study.ask()
+    trial.suggest_float("learning_rate", 2e-5, 5e-5, log=True)
+    trial.suggest_categorical("bs", [16, 32])
+    found = find_repeat(trial, tolerance)
+    return None if found is None else found.number
+
+
+def test_a_repeat_is_within_the_tolerance_of_each_range_on_its_sampling_scale() -> None:
+    assert _repeat_probe(4.96e-5, 16, 0.01) == 0  # ln(4.96/4.94) = 0.44% of ln(5/2)
+    assert _repeat_probe(4.80e-5, 16, 0.01) is None  # 3.1% of the log range
+    assert _repeat_probe(4.80e-5, 16, 0.05) == 0
+    assert _repeat_probe(4.94e-5, 32, 0.5) is None  # categorical values must be equal
+    assert _repeat_probe(4.96e-5, 16, 0.0) is None and _repeat_probe(4.94e-5, 16, 0.0) == 0
+    assert _repeat_probe(4.94e-5, 16, None) is None  # skip_repeats: null
+    assert _repeat_probe(4.94e-5, 16, 0.01, enqueue=True) is None  # a user's own trial trains
+
+
+def test_repeated_configurations_are_not_trained(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Same strategy, learning rate and batch size, same seed: only the first trial trains."""
+    url = f"sqlite:///{tmp_path / 'rep.db'}"
+    path = write_study(
+        tmp_path,
+        tiny_model_dir,
+        name="rep",
+        space={"strategy": ["full"], "learning_rate": 1e-3, "per_device_train_batch_size": [16, 32]},
+        budget={"n_trials": 4, "max_epochs": 1, "evals_per_epoch": 2},
+    )
+    assert main(["run", str(path), "--storage", url]) == 0
+    printed = capsys.readouterr().out
+    trials = _study(url, "rep").get_trials()
+    assert [t.state for t in trials] == [TS.COMPLETE] * 4
+    trained = {t.params["per_device_train_batch_size"]: t for t in trials if "repeat_of" not in t.user_attrs}
+    assert set(trained) == {16, 32}  # both batch sizes were drawn and trained once each
+    repeats = [t for t in trials if "repeat_of" in t.user_attrs]
+    assert len(repeats) == 2
+    for t in repeats:
+        original = trained[t.params["per_device_train_batch_size"]]
+        assert t.user_attrs["repeat_of"] == original.number and t.value == original.value
+        assert t.intermediate_values == {} and "train_seconds" not in t.user_attrs
+        assert f"[repeat of #{original.number}, not trained]" in printed
+
+    out = tmp_path / "x.yaml"
+    assert main(["export", "rep", "--trial", str(repeats[0].number), "-o", str(out), "--storage", url]) == 0
+    text = out.read_text()
+    assert "repeats it (sampler.skip_repeats) and was not trained" in text
+    assert f"trial: {repeats[0].user_attrs['repeat_of']}\n" in text

@@ -64,6 +64,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="sampler, data and training seed")
     p.add_argument("--order", choices=["peer-first", "hpo-first"], default="peer-first")
     p.add_argument("--out", type=Path, default=None, help="JSON result file")
+    p.add_argument(
+        "--hpo-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="change hpo's study file (YAML value), e.g. sampler.skip_repeats=null: ablations",
+    )
+    p.add_argument(
+        "--peer-from",
+        type=Path,
+        default=None,
+        help="reuse the peer's figures from this result file (same config) instead of running it",
+    )
     a = p.parse_args(argv)
     quick = a.quick
     a.train_limit = a.train_limit or (64 if quick else 2000)
@@ -222,6 +235,15 @@ def study_yaml(a: argparse.Namespace) -> str:
     }
     if a.validation_limit:
         study["data"]["validation_limit"] = a.validation_limit
+    for item in a.hpo_set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--hpo-set {item!r}: expected KEY=VALUE")
+        *parents, leaf = key.split(".")
+        node: Any = study
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
     return yaml.safe_dump(study, sort_keys=False)
 
 
@@ -280,7 +302,9 @@ def compare(peer: dict[str, Any], hpo: dict[str, Any]) -> dict[str, Any]:
     out["same_rows"] = peer.get("data_fingerprint") == hpo.get("data_fingerprint")
     # objective.select best: hpo's value is a trial's best evaluation. For comparison, the best
     # final (end-of-training) evaluation among the same trained trials.
-    trained = [r for r in hpo["trials"] if r["state"] == "COMPLETE" and r["intermediate"] and "repeat_of" not in r]
+    trained = [
+        r for r in hpo["trials"] if r["state"] == "COMPLETE" and r["intermediate"] and "repeat_of" not in r
+    ]
     finals = [r["intermediate"][max(r["intermediate"], key=int)] for r in trained]
     out["hpo_best_final_evaluation"] = max(finals) if finals else None
     best = next((r for r in hpo["trials"] if r["number"] == hpo.get("best_trial")), None)
@@ -342,7 +366,10 @@ def markdown(doc: dict[str, Any]) -> str:
         f"{doc['machine']['cpu']}, {doc['machine']['cores']} cores, torch threads "
         f"{doc['machine'].get('torch_threads')}; {doc['started']} .. {doc['finished']}; "
         f"{cfg['train_limit']:,} train sentences, {cfg['epochs']:g} epochs, {cfg['n_trials']} trials each, "
-        f"max_length {cfg['max_length']}, order {' then '.join(cfg['order'])}.",
+        f"max_length {cfg['max_length']}, order {' then '.join(cfg['order'])}"
+        + (f"; peer figures from `{cfg['peer_from']}`" if cfg.get("peer_from") else "")
+        + (f"; hpo study changed: `{', '.join(cfg['hpo_set'])}`" if cfg.get("hpo_set") else "")
+        + ".",
         "",
         "| | best val. accuracy | compute s (trials + setup) | s to within 0.5 pt of own best "
         "| s to common target | pruned / trials | load avg mean (max) |",
@@ -395,6 +422,19 @@ def main(argv: list[str] | None = None) -> int:
     runners = {PEER: run_peer, HPO: run_hpo}
     order = [PEER, HPO] if a.order == "peer-first" else [HPO, PEER]
     results: dict[str, Any] = {}
+    if a.peer_from is not None:
+        import json
+
+        earlier = json.loads(a.peer_from.read_text())
+        same = {
+            k: earlier["config"][k]
+            for k in ("model", "train_limit", "max_length", "epochs", "n_trials", "seed")
+        }
+        mine = {k: getattr(a, k) for k in same}
+        if same != mine:
+            raise SystemExit(f"--peer-from {a.peer_from}: ran with {same}, this run is {mine}")
+        results[PEER] = earlier["methods"][PEER]
+        order = [HPO]
     for name in order:
         print(f"=== {name} ===", flush=True)
         results[name] = runners[name](a, storage_url, workdir)
@@ -409,6 +449,8 @@ def main(argv: list[str] | None = None) -> int:
         {
             "hpo_evals_per_epoch": HPO_EVALS_PER_EPOCH,
             "order": order,
+            "hpo_set": a.hpo_set,
+            "peer_from": str(a.peer_from) if a.peer_from else None,
             "space": {
                 "strategy": "full",
                 "learning_rate": [LR_LOW, LR_HIGH, "log"],

@@ -253,7 +253,7 @@ class ProgressPrinter:
     def __call__(self, study: Any, trial: Any) -> None:
         import optuna
 
-        secs = time.perf_counter() - self.started.pop(trial.number, time.perf_counter())
+        secs = max(0.0, time.perf_counter() - self.started.pop(trial.number, time.perf_counter()))
         state = trial.state.name
         value = f" {self.metric}={trial.value:.4f}" if trial.value is not None else ""
         reason = (

@@ -120,3 +120,31 @@ def test_space_card_vs_aware_quick(tiny4_model_dir: Path, tmp_path: Path) -> Non
         assert strategy in ("full", "partial", "adapter", "lora", "prompt")
         assert set(row) == {"default", "strategy-aware"}
     assert doc["winner"] in ("default", "strategy-aware", None)
+
+
+def test_vs_trainer_search_ablation_reuses_the_peer(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """--hpo-set changes hpo's study file; --peer-from takes the peer's figures from a result file."""
+    from benchmarks import vs_trainer_search
+
+    first = tmp_path / "vs.json"
+    assert vs_trainer_search.main(_tiny_args(tiny_model_dir, first, 1)) == 0
+    peer = json.loads(first.read_text())["methods"]["trainer_search"]
+    out = tmp_path / "ablation.json"
+    args = _tiny_args(tiny_model_dir, out, 1) + [
+        "--peer-from",
+        str(first),
+        "--hpo-set",
+        "sampler.skip_repeats=null",
+        "--hpo-set",
+        "objective.select=last",
+    ]
+    assert vs_trainer_search.main(args) == 0
+    doc = json.loads(out.read_text())
+    assert doc["methods"]["trainer_search"] == peer
+    assert doc["config"]["order"] == ["hpo"] and doc["config"]["peer_from"] == str(first)
+    study = doc["methods"]["hpo"]["study_file"]
+    assert "skip_repeats: null" in study and "select: last" in study
+    assert "hpo study changed: `sampler.skip_repeats=null, objective.select=last`" in vs_trainer_search.markdown(doc)
+    # A result file from another configuration is refused.
+    with pytest.raises(SystemExit, match="--peer-from"):
+        vs_trainer_search.main(_tiny_args(tiny_model_dir, out, 2) + ["--peer-from", str(first)])

@@ -144,7 +144,10 @@ def test_vs_trainer_search_ablation_reuses_the_peer(tiny_model_dir: Path, tmp_pa
     assert doc["config"]["order"] == ["hpo"] and doc["config"]["peer_from"] == str(first)
     study = doc["methods"]["hpo"]["study_file"]
     assert "skip_repeats: null" in study and "select: last" in study
-    assert "hpo study changed: `sampler.skip_repeats=null, objective.select=last`" in vs_trainer_search.markdown(doc)
+    assert (
+        "hpo study changed: `sampler.skip_repeats=null, objective.select=last`"
+        in vs_trainer_search.markdown(doc)
+    )
     # A result file from another configuration is refused.
     with pytest.raises(SystemExit, match="--peer-from"):
         vs_trainer_search.main(_tiny_args(tiny_model_dir, out, 2) + ["--peer-from", str(first)])

@@ -30,6 +30,9 @@ TRIAL_ATTRS = (
 def _study_file(tmp_path: Path, model_dir: Path, steps: int, **over: Any) -> Path:
     """Trials of ``steps`` optimizer steps (about 0.05 s each here) and 2 evaluations."""
     over.setdefault("training", {"max_train_steps": steps})
+    # Parallel workers sample in a timing-dependent order: repeats (sampler.skip_repeats)
+    # would make the set of trained trials vary from run to run; train every one.
+    over.setdefault("sampler", {"name": "random", "skip_repeats": None})
     return write_study(tmp_path, model_dir, **over)
 
 

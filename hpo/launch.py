@@ -262,6 +262,11 @@ def _waiting_retries(study: Any) -> int:
     return sum(1 for t in waiting if "failed_trial" in t.system_attrs)
 
 
+# Held by a background sweep while it fails stale trials and queues their retries, so a worker
+# deciding whether a retry is left never looks between the FAIL and the enqueued retry.
+_SWEEP_LOCK = threading.Lock()
+
+
 def _retries_to_run(study: Any, stopping: Callable[[], bool]) -> bool:
     """Whether a worker whose budget is spent should run one more trial: a queued retry.
 
@@ -287,7 +292,12 @@ def _retries_to_run(study: Any, stopping: Callable[[], bool]) -> bool:
     while not stopping():
         ages = ages_of(study._study_id)
         waited = time.monotonic() - t0
-        if not ages or waited > grace + 2 * interval + slack:
+        if not ages:
+            # Nothing RUNNING: a trial failed by this process's sweep has its retry queued by
+            # the time the sweep lets go of the lock.
+            with _SWEEP_LOCK:
+                return _waiting_retries(study)
+        if waited > grace + 2 * interval + slack:
             return False
         if waited > interval + slack and all(age <= interval + slack for age in ages.values()):
             return False  # every running trial beat while we waited
@@ -428,7 +438,8 @@ class _StaleSweeper:
 
         while not self._stop.wait(self.interval):
             try:
-                sweep_stale_trials(self.study)
+                with _SWEEP_LOCK:
+                    sweep_stale_trials(self.study)
             except Exception:
                 pass  # a transient database error; the next sweep (or Optuna's own) retries
 

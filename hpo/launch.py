@@ -296,7 +296,7 @@ def _retries_to_run(study: Any, stopping: Callable[[], bool]) -> bool:
             # Nothing RUNNING: a trial failed by this process's sweep has its retry queued by
             # the time the sweep lets go of the lock.
             with _SWEEP_LOCK:
-                return _waiting_retries(study)
+                return bool(_waiting_retries(study))
         if waited > grace + 2 * interval + slack:
             return False
         if waited > interval + slack and all(age <= interval + slack for age in ages.values()):

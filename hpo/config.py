@@ -273,6 +273,15 @@ def parse_data(
 SELECT = ("last", "best")
 
 
+def objective_dict(metric: str, direction: str | None, select: str) -> dict[str, Any]:
+    """The stored/exported objective section; ``select`` only when it is not the default
+    (last), so studies and specs written before the key existed still match."""
+    out: dict[str, Any] = {"metric": metric, "direction": direction}
+    if select != "last":
+        out["select"] = select
+    return out
+
+
 def check_objective(objective: ObjectiveSpec, task: str, err: typing.Callable[[str], None]) -> None:
     """The metric must be one the task reports; the direction maximize, minimize or unset."""
     from hpo.tasks import TASKS
@@ -545,12 +554,7 @@ def study_as_dict(spec: StudySpec) -> dict[str, Any]:
         "model": spec.model,
         "data": data,
         "space": spec.space.to_dict(),
-        "objective": {
-            "metric": spec.objective.metric,
-            "direction": spec.direction,
-            # absent when "last", so studies created before the key existed still match
-            **({"select": spec.objective.select} if spec.objective.select != "last" else {}),
-        },
+        "objective": objective_dict(spec.objective.metric, spec.direction, spec.objective.select),
         "budget": {"max_epochs": spec.budget.max_epochs, "evals_per_epoch": spec.budget.evals_per_epoch},
         "training": dict(spec.training),
         "seed": spec.seed,

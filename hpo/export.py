@@ -44,6 +44,7 @@ from hpo.config import (
     check_objective,
     check_schedule,
     load_mapping,
+    objective_dict,
     parse_data,
 )
 from hpo.data import DataSpec
@@ -163,7 +164,7 @@ class RetrainSpec:
             "strategy": {"name": self.strategy, "params": dict(self.strategy_params)},
             "training": dict(self.training),
             "budget": _budget_dict(self.max_epochs, self.evals_per_epoch, self.stop_after_step),
-            "objective": _objective_dict(self.metric, self.direction, self.select),
+            "objective": objective_dict(self.metric, self.direction, self.select),
             "seed": self.seed,
             "device": self.device,
             "provenance": dict(self.provenance if provenance is None else provenance),
@@ -210,14 +211,6 @@ def _budget_dict(max_epochs: Any, evals_per_epoch: Any, stop_after_step: int | N
     out: dict[str, Any] = {"max_epochs": max_epochs, "evals_per_epoch": evals_per_epoch}
     if stop_after_step is not None:
         out["stop_after_step"] = stop_after_step
-    return out
-
-
-def _objective_dict(metric: str, direction: str, select: str) -> dict[str, Any]:
-    """The objective section; select only when it is not the default (last)."""
-    out: dict[str, Any] = {"metric": metric, "direction": direction}
-    if select != "last":
-        out["select"] = select
     return out
 
 
@@ -564,7 +557,7 @@ def retrain_dict(study: Any, trial: Any, storage_url: str) -> dict[str, Any]:
         "strategy": {"name": cfg["strategy"], "params": dict(cfg["strategy_params"])},
         "training": training,
         "budget": _budget_dict(max_epochs, budget.get("evals_per_epoch", 2), stop_after_step),
-        "objective": _objective_dict(metric, study.direction.name.lower(), select),
+        "objective": objective_dict(metric, study.direction.name.lower(), select),
         "seed": int(trial.user_attrs.get("seed", hpo_config.get("seed", 0))),
         "device": "auto",
         "provenance": provenance,

@@ -641,7 +641,7 @@ class _Display:
 
 
 def _trial_line(t: Any, metric: str, label: str) -> str:
-    from hpo.study import fmt_params
+    from hpo.study import fmt_params, repeat_note
 
     secs = (
         (t.datetime_complete - t.datetime_start).total_seconds()
@@ -655,8 +655,7 @@ def _trial_line(t: Any, metric: str, label: str) -> str:
         else ""
     )
     retry = f" [retry of #{t.user_attrs['retry_of']}]" if "retry_of" in t.user_attrs else ""
-    if "repeat_of" in t.user_attrs:
-        retry = f" [repeat of #{t.user_attrs['repeat_of']}, not trained]"
+    retry += repeat_note(t)
     return f"trial {t.number:>4} {t.state.name:<8}{value} {secs:6.1f}s  {fmt_params(t)}{retry}{reason}  [{label}]"
 
 

@@ -177,7 +177,7 @@ class Outcome:
     steps: int
     model: Any = None
     selected: int = 0
-    """1-based index into ``history`` of the evaluation ``metrics`` come from (0: the last)."""
+    """1-based index into ``history`` of the evaluation ``metrics`` come from (0: no evaluation)."""
 
     def select(self, metric: str, direction: str, rule: str) -> Outcome:
         """Take ``metrics`` from the evaluation the objective's ``select`` rule picks.
@@ -200,9 +200,9 @@ class Outcome:
     @property
     def selected_step(self) -> int:
         """The optimizer step of the selected evaluation."""
-        if not self.history:
+        if not self.selected:
             return self.steps
-        return int(self.history[(self.selected or len(self.history)) - 1].get("step", self.steps))
+        return int(self.history[self.selected - 1].get("step", self.steps))
 
 
 def training_arguments(
@@ -264,12 +264,14 @@ def train_and_evaluate(
     keep_model: bool = False,
     train_split: str = "train",
     stop_after_step: int | None = None,
+    select: str = "last",
 ) -> Outcome:
     """Train one configuration and evaluate on the validation split on the fixed schedule.
 
     ``stop_after_step`` ends training after that optimizer step (and its evaluation) without
     changing the schedule: the learning rate decays as for the full run, so the weights are the
-    ones the full run had at that step.
+    ones the full run had at that step. ``select`` (``objective.select``) picks the evaluation
+    the outcome's metrics come from; a pruned run reports its last one.
     """
     import torch
     from transformers import PrinterCallback, Trainer, set_seed
@@ -319,7 +321,7 @@ def train_and_evaluate(
             total_params=total,
             steps=steps,
             model=model if keep_model else None,
-        ).select(ctx.spec.objective.metric, ctx.spec.direction, "last")
+        ).select(ctx.spec.objective.metric, ctx.spec.direction, "last" if reporter.pruned else select)
     finally:
         del trainer
         if not keep_model:
@@ -423,7 +425,7 @@ def make_objective(
         try:
             # Out of accelerator memory: the same config again at half the micro-batch (hpo.oom).
             out = train_with_oom_retry(
-                lambda c: train_and_evaluate(ctx, c, seed, on_eval=on_eval),
+                lambda c: train_and_evaluate(ctx, c, seed, on_eval=on_eval, select=spec.objective.select),
                 cfg,
                 device=ctx.device,
                 floor=spec.execution.min_micro_batch,
@@ -433,8 +435,6 @@ def make_objective(
         except Exception as e:
             trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:1000])
             raise
-        if not out.pruned:
-            out.select(metric, spec.direction, spec.objective.select)
         attrs = AttrBuffer(trial)
         record_outcome(attrs, out)
         attrs.flush()
@@ -459,5 +459,5 @@ def record_outcome(trial: Any, out: Outcome) -> None:
     trial.set_user_attr("peak_memory_mb", round(out.peak_memory_mb, 1))
     trial.set_user_attr("steps", out.steps)
     trial.set_user_attr("evaluations", len(out.history))
-    trial.set_user_attr("selected_evaluation", out.selected or len(out.history))
+    trial.set_user_attr("selected_evaluation", out.selected)
     trial.set_user_attr("selected_step", out.selected_step)

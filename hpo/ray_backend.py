@@ -155,7 +155,7 @@ def trainable(config: dict[str, Any], spec: StudySpec | None = None, url: str | 
     def attempt(c: Any) -> Any:
         # Evaluations of this attempt (a retry at half the micro-batch plans more steps).
         state["n_evals"] = len(plan_steps(len(ctx.datasets["train"]), c, spec)[1])
-        return train_and_evaluate(ctx, c, seed, on_eval=on_eval)
+        return train_and_evaluate(ctx, c, seed, on_eval=on_eval, select=spec.objective.select)
 
     try:
         out = train_with_oom_retry(
@@ -169,8 +169,6 @@ def trainable(config: dict[str, Any], spec: StudySpec | None = None, url: str | 
     except Exception as e:
         rec.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:1000])
         raise
-    if not state["stopped"]:
-        out.select(metric, spec.direction, spec.objective.select)
     record_outcome(rec, out)
     if state["stopped"]:
         rec.set_user_attr("stopped_early", True)

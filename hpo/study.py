@@ -176,6 +176,12 @@ def open_study(
     return study
 
 
+def repeat_note(trial: Any) -> str:
+    """`` [repeat of #N, not trained]`` for a trial that sampler.skip_repeats did not train."""
+    n = trial.user_attrs.get("repeat_of")
+    return "" if n is None else f" [repeat of #{n}, not trained]"
+
+
 def fmt_params(trial: Any) -> str:
     """``lora r=8 lr=3.1e-04 bs=16`` for display."""
     params = dict(trial.params)
@@ -266,10 +272,9 @@ class ProgressPrinter:
             best_txt = f"best {best.value:.4f} (#{best.number} {best.params.get('strategy', '')})"
         except ValueError:
             best_txt = "best -"
-        if "repeat_of" in trial.user_attrs:
-            reason = f" [repeat of #{trial.user_attrs['repeat_of']}, not trained]"
         self._p(
-            f"trial {trial.number:>3} {state:<8}{value} {secs:6.1f}s  {fmt_params(trial)}{reason}  | {best_txt}"
+            f"trial {trial.number:>3} {state:<8}{value} {secs:6.1f}s  {fmt_params(trial)}"
+            f"{repeat_note(trial)}{reason}  | {best_txt}"
         )
 
 

@@ -201,6 +201,14 @@ def test_three_workers_on_sqlite_survive_a_killed_worker_then_stop_on_sigterm(
             ]
 
         _wait_for(retried, 120, "the retry of the killed trial", 0.3)
+        # The retry may be the first trial to finish (a worker still starting up takes it):
+        # wait until the other workers have finished one too, then catch one mid-trial.
+        _wait_for(
+            lambda: sum(t.state == TS.COMPLETE for t in _trials(url)) >= 2,
+            120,
+            "a second finished trial",
+            0.3,
+        )
         _wait_for(lambda: _running_trial_of_a_worker(url), 60, "another running trial")
         proc.send_signal(signal.SIGTERM)
         t_term = time.monotonic()

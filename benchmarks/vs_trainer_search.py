@@ -208,6 +208,8 @@ def study_yaml(a: argparse.Namespace) -> str:
     """The study file a user would write for this search (hpo defaults for the rest)."""
     import yaml
 
+    from hpo.config import apply_override
+
     study = {
         "name": HPO,
         "task": "sequence-classification",
@@ -239,11 +241,7 @@ def study_yaml(a: argparse.Namespace) -> str:
         key, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"--hpo-set {item!r}: expected KEY=VALUE")
-        *parents, leaf = key.split(".")
-        node: Any = study
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
+        apply_override(study, key, yaml.safe_load(value))
     return yaml.safe_dump(study, sort_keys=False)
 
 

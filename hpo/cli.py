@@ -7,9 +7,11 @@ Heavy packages (torch, transformers, ray) are imported only by the commands that
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import traceback
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -222,6 +224,22 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- parser
 
 
+class UsageError(UserError):
+    """A bad command line (unknown flag, missing argument, bad value): argparse's one-line message."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argparse parser whose errors are user errors: one line, exit status 1 (argparse's own
+    ``error`` prints the whole usage and exits 2, which the exit-code contract gives to internal
+    errors). ``--help`` still prints and exits 0."""
+
+    commands: dict[str, argparse.ArgumentParser]
+    """Command name -> its parser (set on the top-level parser by :func:`build_parser`)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise UsageError(f"{self.prog}: error: {message}")
+
+
 def _workers(value: str) -> int | str:
     if value == "auto":
         return value
@@ -236,11 +254,17 @@ def _workers(value: str) -> int | str:
 
 def _gpus(value: str) -> list[int]:
     try:
-        return [int(x) for x in value.split(",") if x.strip()]
+        gpus = [int(x) for x in value.split(",") if x.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected a comma-separated list of GPU indices, got {value!r}"
         ) from None
+    if not gpus:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of GPU indices, got {value!r}")
+    bad = [g for g in gpus if g < 0]
+    if bad:
+        raise argparse.ArgumentTypeError(f"GPU indices must be >= 0, got {bad[0]}")
+    return gpus
 
 
 def _positive(value: str) -> int:
@@ -253,10 +277,39 @@ def _positive(value: str) -> int:
     return n
 
 
+def _non_negative(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {n}")
+    return n
+
+
+def _seconds(value: str) -> float:
+    """A timeout: a finite number of seconds > 0 (the study file's budget.timeout rule)."""
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {value!r}") from None
+    if not math.isfinite(x) or x <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds, got {value}")
+    return x
+
+
+def _port(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a TCP port number, got {value!r}") from None
+    if not 1 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port 1..65535, got {n}")
+    return n
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="hpo", description="Hyperparameter search over how to fine-tune language models."
-    )
+    p = _Parser(prog="hpo", description="Hyperparameter search over how to fine-tune language models.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     storage_help = (
         "storage URL (default: $HPO_STORAGE, the study file's storage:, else sqlite:///studies/hpo.db)"
@@ -267,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--storage", help=storage_help)
     r.add_argument("--study-name", help="override the study's name")
     r.add_argument("--n-trials", type=_positive, help="trials to add (default: budget.n_trials)")
-    r.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    r.add_argument("--timeout", type=_seconds, help="stop starting trials after this many seconds")
     r.add_argument("--workers", type=_workers, help="local worker processes: N or auto")
     r.add_argument("--gpus", type=_gpus, help="GPU indices, e.g. 0,1,2,3")
     r.add_argument("--trials-per-gpu", type=_positive, default=None, help="trials packed per GPU")
@@ -283,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--storage", required=True, help="the shared storage URL")
     w.add_argument("--study-name", help="override the study's name")
     w.add_argument("--n-trials", type=_positive)
-    w.add_argument("--timeout", type=float)
+    w.add_argument("--timeout", type=_seconds, help="stop starting trials after this many seconds")
     w.add_argument("--set", action="append", metavar="KEY=VALUE")
     w.set_defaults(func=cmd_worker)
 
@@ -311,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="write a retraining spec of the best (or given) trial")
     e.add_argument("name")
     e.add_argument("-o", "--output", required=True, help="output YAML file")
-    e.add_argument("--trial", type=int, help="trial number (default: the best)")
+    e.add_argument("--trial", type=_non_negative, help="trial number (default: the best)")
     e.add_argument("--storage", help=storage_help)
     e.set_defaults(func=cmd_export)
 
@@ -324,15 +377,34 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("dashboard", help="serve optuna-dashboard on the storage")
     d.add_argument("--storage", help=storage_help)
     d.add_argument("--host", default="127.0.0.1")
-    d.add_argument("--port", type=int, default=8080)
+    d.add_argument("--port", type=_port, default=8080, help="TCP port 1..65535 (default 8080)")
     d.set_defaults(func=cmd_dashboard)
+    p.commands = dict(sub.choices)
     return p
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse ``argv``; an unknown flag is reported by the command's own parser (``hpo run:
+    error: unrecognized arguments: ...``), not by the top-level one."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        commands = getattr(parser, "commands", {})
+        commands.get(getattr(args, "command", None), parser).error(
+            f"unrecognized arguments: {' '.join(extra)}"
+        )
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``hpo`` console script."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = _parse(parser, argv)
+    except UsageError as e:
+        from hpo.storage import redact
+
+        print(redact(str(e)), file=sys.stderr)
+        return 1
     try:
         return int(args.func(args))
     except UserError as e:

@@ -93,11 +93,11 @@ def open_existing_storage(url: str) -> Any:
 
     from optuna.exceptions import ExperimentalWarning
 
-    from hpo.storage import is_sqlite, open_storage, redact
+    from hpo.storage import is_sqlite, open_storage, redact, sqlite_path
 
     if is_sqlite(url):
-        db = url.split(":///", 1)[-1] if ":///" in url else ""
-        if db and db != ":memory:" and not Path(db).is_file():
+        db = sqlite_path(url)  # a malformed URL is an error here, before anything is created
+        if db != ":memory:" and not Path(db).is_file():
             raise UserError(
                 f"storage {redact(url)}: no database at {db} (run a study first, or pass --storage)"
             )

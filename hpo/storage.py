@@ -54,6 +54,40 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
+_SQLITE_URL = re.compile(r"^(?P<scheme>sqlite(?:\+\w+)?):(?P<rest>.*)$", re.DOTALL)
+_SQLITE_FORMS = "sqlite:///relative/path.db, sqlite:////absolute/path.db or sqlite:///:memory:"
+
+
+def sqlite_path(url: str) -> str:
+    """The database file of an SQLite URL (``:memory:`` for an in-memory database).
+
+    SQLAlchemy reads ``sqlite:///x.db`` as the relative path ``x.db`` and ``sqlite:////x.db`` as
+    ``/x.db``; with two slashes (``sqlite://x.db``) the path would be taken as a host name and
+    the URL refused, after a folder named ``sqlite:`` had been made. So the form is checked here,
+    before anything touches the disk.
+
+    Raises:
+        StorageError: ``url`` is not a well-formed SQLite URL.
+    """
+    m = _SQLITE_URL.match(url)
+    if m is None:
+        raise StorageError(f"storage {redact(url)}: not an SQLite URL (expected {_SQLITE_FORMS})")
+    scheme, rest = m["scheme"], m["rest"]
+    if rest == "//":
+        return ":memory:"  # SQLAlchemy's own spelling of an in-memory database
+    if not rest.startswith("///"):
+        tail = rest.lstrip("/")
+        hint = f"{scheme}:///{tail}" if tail else f"{scheme}:///PATH"
+        raise StorageError(
+            f"storage {redact(url)}: malformed SQLite URL: a file path follows three slashes, "
+            f"e.g. {redact(hint)} (expected {_SQLITE_FORMS})"
+        )
+    path = rest[3:].split("?", 1)[0]
+    if not path:
+        raise StorageError(f"storage {redact(url)}: names no database file (expected {_SQLITE_FORMS})")
+    return path
+
+
 def backend_name(url: str) -> str:
     """sqlite, postgresql, mysql, ... (the dialect without its driver)."""
     name = url.split(":", 1)[0].split("+", 1)[0]
@@ -218,9 +252,14 @@ def open_storage(
 
     url = normalize_url(url)
     if is_sqlite(url):
-        db = url.split(":///", 1)[-1]
-        if db and db != ":memory:":
-            Path(db).parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite_path(url)  # a malformed URL is refused before any folder is made
+        if db != ":memory:":
+            try:
+                Path(db).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise StorageError(
+                    f"storage {redact(url)}: cannot create the folder of {db} ({e.strerror or e})"
+                ) from None
     if heartbeat:
         heartbeat_interval = heartbeat_interval or default_heartbeat(url)
         grace_period = grace_period or 3 * heartbeat_interval

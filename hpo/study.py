@@ -355,13 +355,18 @@ def _quiet_transformers() -> None:
 
 
 def list_studies(storage_url: str) -> list[dict[str, Any]]:
-    """One row per study: trials by state, best value and best strategy."""
+    """One row per study: trials by state, best value and best strategy.
+
+    Raises:
+        UserError: no database at a SQLite path (a listing never creates one), a malformed
+            URL, or an unreachable database.
+    """
     import optuna
 
-    from hpo.storage import open_storage
+    from hpo.compare import open_existing_storage
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = open_storage(storage_url)
+    storage = open_existing_storage(storage_url)
     rows = []
     for frozen in sorted(storage.get_all_studies(), key=lambda s: s.study_name):
         study = optuna.load_study(study_name=frozen.study_name, storage=storage)

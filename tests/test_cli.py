@@ -64,3 +64,130 @@ def test_help_lists_every_command(capsys: pytest.CaptureFixture[str]) -> None:
         "dashboard",
     ):
         assert cmd in out
+
+
+QUICK = "studies/quickstart.yaml"
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["run", QUICK, "--n-trials", "0"], "hpo run: error: argument --n-trials: must be >= 1, got 0"),
+        (["run", QUICK, "--workers", "0"], "hpo run: error: argument --workers: must be >= 1, got 0"),
+        (["run", QUICK, "--bogus"], "hpo run: error: unrecognized arguments: --bogus"),
+        (["run"], "hpo run: error: the following arguments are required: study"),
+        (["export", "exp"], "hpo export: error: the following arguments are required: -o/--output"),
+        ([], "hpo: error: the following arguments are required: COMMAND"),
+        (
+            ["run", QUICK, "--timeout", "-5"],
+            "hpo run: error: argument --timeout: must be > 0 seconds, got -5",
+        ),
+        (
+            ["run", QUICK, "--timeout", "nan"],
+            "hpo run: error: argument --timeout: must be > 0 seconds, got nan",
+        ),
+        (
+            ["worker", QUICK, "--storage", "sqlite:///x.db", "--timeout", "0"],
+            "hpo worker: error: argument --timeout: must be > 0 seconds, got 0",
+        ),
+        (
+            ["run", QUICK, "--gpus", "0,-1"],
+            "hpo run: error: argument --gpus: GPU indices must be >= 0, got -1",
+        ),
+        (
+            ["export", "exp", "-o", "x.yaml", "--trial", "-1"],
+            "hpo export: error: argument --trial: must be >= 0, got -1",
+        ),
+        (
+            ["dashboard", "--port", "99999"],
+            "hpo dashboard: error: argument --port: must be a TCP port 1..65535, got 99999",
+        ),
+        (
+            ["dashboard", "--port", "0"],
+            "hpo dashboard: error: argument --port: must be a TCP port 1..65535, got 0",
+        ),
+    ],
+)
+def test_bad_flags_are_one_line_user_errors(
+    argv: list[str],
+    expected: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = [str(Path.cwd() / a) if a == QUICK else a for a in argv]
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 1
+    out, err = capsys.readouterr()
+    assert err.strip().splitlines() == [expected] and out == ""
+    assert list(tmp_path.iterdir()) == []  # nothing ran, nothing was created
+
+
+def test_bad_flag_exit_status_of_the_process(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpo", "dashboard", "--port", "99999"],
+        cwd=tmp_path,
+        env={**__import__("os").environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "hpo dashboard: error: argument --port: must be a TCP port 1..65535, got 99999"
+    ]
+
+
+def test_read_commands_never_create_a_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("HPO_STORAGE", raising=False)
+    # the default storage, absent
+    assert main(["studies"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "hpo studies: error: storage sqlite:///studies/hpo.db: no database at studies/hpo.db "
+        "(run a study first, or pass --storage)"
+    ]
+    # a path in folders that do not exist
+    assert main(["studies", "--storage", "sqlite:///no/such/dir/x.db"]) == 1
+    assert "no database at no/such/dir/x.db" in capsys.readouterr().err
+    # two slashes: a malformed URL, refused before any folder is made, for every reader
+    for argv in (["studies"], ["compare", "q"], ["export", "q", "-o", "q.yaml"], ["report", "q", "-o", "r"]):
+        assert main([*argv, "--storage", "sqlite://relative.db"]) == 1
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "sqlite:///relative.db" in err[0], err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["sqlite://relative.db", "sqlite:/x.db", "sqlite:///", "sqlite://host/x.db", "sqlite+pysqlite://x.db"],
+)
+def test_malformed_sqlite_urls_are_refused_before_anything_is_created(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hpo.storage import StorageError, open_storage
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(StorageError, match="sqlite:///"):
+        open_storage(url)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_run_storage_still_creates_its_folder_and_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hpo.storage import open_storage
+
+    monkeypatch.chdir(tmp_path)
+    open_storage("sqlite:///sub/dir/hpo.db", heartbeat=False).get_all_studies()
+    assert (tmp_path / "sub" / "dir" / "hpo.db").is_file()
+    open_storage(f"sqlite:///{tmp_path / 'abs' / 'a.db'}", heartbeat=False).get_all_studies()
+    assert (tmp_path / "abs" / "a.db").is_file()
+    open_storage("sqlite:///:memory:", heartbeat=False).get_all_studies()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["abs", "sub"]

@@ -16,7 +16,7 @@ from typing import Any
 from hpo._yaml import YamlError, load_yaml
 from hpo.data import DataSpec, check_spec
 from hpo.errors import UserError
-from hpo.models import read_model_config, resolve_model
+from hpo.models import position_limit, read_model_config, resolve_model
 from hpo.space import TRAINING_DEFAULTS, SearchSpace, parse_space, resolve_space_path
 
 
@@ -270,6 +270,59 @@ def parse_data(
     return data
 
 
+def check_max_length(
+    max_length: Any,
+    model_config: dict[str, Any] | None,
+    extra_positions: dict[str, int],
+    err: typing.Callable[[str], None],
+) -> None:
+    """``data.max_length`` (plus the virtual tokens a strategy adds) against the model's positions.
+
+    Args:
+        max_length: The data spec's max_length (skipped unless an integer).
+        model_config: The base model's config.json, or None when it cannot be read (no check).
+        extra_positions: Strategy -> the most positions it adds in front of the text.
+        err: Receives ``data.max_length: ...`` problems.
+    """
+    limit = position_limit(model_config)
+    if limit is None or isinstance(max_length, bool) or not isinstance(max_length, int):
+        return
+    n, where = limit
+    if max_length > n:
+        err(
+            f"data.max_length: must be <= {n}, the model's position limit ({where} in its config.json), "
+            f"got {max_length}"
+        )
+        return
+    for sname, extra in extra_positions.items():
+        if extra and max_length + extra > n:
+            err(
+                f"data.max_length: {max_length} tokens plus up to {extra} virtual tokens of strategy '{sname}' "
+                f"exceed the model's {n} positions ({where}); lower data.max_length to at most {n - extra} "
+                "or num_virtual_tokens"
+            )
+
+
+def space_extra_positions(space: SearchSpace) -> dict[str, int]:
+    """Strategy -> the most input positions it adds over every value the space can produce."""
+    import itertools
+
+    from hpo.strategies import STRATEGIES
+
+    out: dict[str, int] = {}
+    for sname in space.strategies:
+        st = STRATEGIES[sname]
+        own = {k: p for k, p in space.per_strategy.get(sname, {}).items() if k in st.params}
+        names = list(own)
+        most = 0
+        # the same cap as the strategy checks in parse_space, so a wide space stays fast
+        for combo in itertools.islice(itertools.product(*[own[k].candidates() for k in names]), 512):
+            values = {**st.params, **dict(zip(names, combo, strict=True))}
+            most = max(most, st.extra_positions(values))
+        out[sname] = most
+    return out
+
+
 SELECT = ("last", "best")
 
 
@@ -506,6 +559,9 @@ def parse_study(raw: dict[str, Any], path: Path) -> StudySpec:
             problems.append(msg if space_path.exists() else f"{fname}: {msg}")
         else:
             space = parse_space(raw_space, str(space_path), model_config, problems, task=task)
+
+    if space is not None and data.source:
+        check_max_length(data.max_length, model_config, space_extra_positions(space), err)
 
     if problems:
         raise ConfigError(problems)

@@ -41,6 +41,7 @@ from hpo.config import (
     ExecutionSpec,
     ObjectiveSpec,
     StudySpec,
+    check_max_length,
     check_objective,
     check_schedule,
     load_mapping,
@@ -350,6 +351,7 @@ def parse_retrain(raw: dict[str, Any], path: Path) -> RetrainSpec:
                     strategy_params[key] = value
             for msg in st.check(model_config, strategy_params, task=task):
                 err(f"strategy.params: {msg}")
+            check_max_length(data.max_length, model_config, {sname: st.extra_positions(strategy_params)}, err)
     elif raw_strategy is not None:
         err(f"strategy: expected a mapping with name and params, got {type(raw_strategy).__name__}")
 

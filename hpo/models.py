@@ -67,3 +67,50 @@ def read_model_config(path: str) -> dict[str, Any] | None:
         except (OSError, ValueError):
             return None
     return None
+
+
+# Position ids of these models start after the padding index (RoBERTa's
+# create_position_ids_from_input_ids), so pad_token_id + 1 rows of the table never hold a token:
+# RoBERTa's 514 rows serve 512 tokens.
+_PADDING_OFFSET_TYPES = (
+    "camembert",
+    "data2vec-text",
+    "ibert",
+    "longformer",
+    "mpnet",
+    "roberta",
+    "roberta-prelayernorm",
+    "xlm-roberta",
+    "xlm-roberta-xl",
+    "xmod",
+)
+# Rotary and relative position schemes have no table to run off the end of.
+_RELATIVE_TYPES = ("t5", "mt5", "umt5", "longt5", "switch_transformers")
+_ROTARY_KEYS = ("rope_theta", "rope_scaling", "rope_parameters", "rotary_dim", "rotary_pct")
+
+
+def position_limit(model_config: dict[str, Any] | None) -> tuple[int, str] | None:
+    """Tokens a model with learned absolute positions can take, and where the number comes from.
+
+    A longer input fails in the embedding lookup of every trial ("The size of tensor a (702)
+    must match the size of tensor b (512)"). Returns None when the config is unknown or gives
+    no hard limit (rotary or relative positions: T5, DeBERTa without ``position_biased_input``).
+
+    Returns:
+        (positions, how the config says so), e.g. ``(512, "max_position_embeddings")``.
+    """
+    if not model_config:
+        return None
+    model_type = model_config.get("model_type")
+    if model_type in _RELATIVE_TYPES or any(k in model_config for k in _ROTARY_KEYS):
+        return None
+    if model_config.get("position_biased_input") is False:
+        return None
+    for key in ("max_position_embeddings", "n_positions"):
+        value = model_config.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            pad = model_config.get("pad_token_id")
+            if model_type in _PADDING_OFFSET_TYPES and isinstance(pad, int) and not isinstance(pad, bool):
+                return value - pad - 1, f"{key} {value} less {pad + 1} reserved for padding"
+            return value, key
+    return None

@@ -166,3 +166,86 @@ def test_cli_start_path_imports_no_torch() -> None:
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True)
+
+
+# ----------------------------------------------------------------------------- max_length vs the model
+
+
+def _model_dir(tmp_path: Path, **config: object) -> Path:
+    """A model folder holding only config.json: validation reads nothing else."""
+    import json
+
+    d = tmp_path / "model"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(config))
+    return d
+
+
+def _study_file(tmp_path: Path, model: Path, max_length: int, space: str = "{strategy: [full]}") -> Path:
+    f = tmp_path / "s.yaml"
+    f.write_text(
+        f"name: s\nmodel: {model}\ndata: {{source: builtin:reviews, max_length: {max_length}}}\nspace: {space}\n"
+    )
+    return f
+
+
+def test_max_length_beyond_the_models_positions_is_rejected(tmp_path: Path) -> None:
+    bert = _model_dir(tmp_path, model_type="bert", max_position_embeddings=512, num_hidden_layers=2)
+    assert load_study(_study_file(tmp_path, bert, 512)).data.max_length == 512
+    f = _study_file(tmp_path, bert, 702)
+    with pytest.raises(ConfigError) as exc:
+        load_study(f)
+    assert exc.value.problems == [
+        f"{f}: data.max_length: must be <= 512, the model's position limit "
+        "(max_position_embeddings in its config.json), got 702"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("config", "limit"),
+    [
+        ({"model_type": "gpt2", "n_positions": 64, "n_ctx": 64}, 64),
+        # RoBERTa counts positions from pad_token_id + 1: 514 rows serve 512 tokens
+        ({"model_type": "roberta", "max_position_embeddings": 66, "pad_token_id": 1}, 64),
+    ],
+)
+def test_position_limit_of_other_model_families(
+    tmp_path: Path, config: dict[str, object], limit: int
+) -> None:
+    model = _model_dir(tmp_path, **config)
+    load_study(_study_file(tmp_path, model, limit))
+    with pytest.raises(ConfigError, match=rf"data\.max_length: must be <= {limit}, .* got {limit + 1}"):
+        load_study(_study_file(tmp_path, model, limit + 1))
+
+
+def test_prompt_tuning_virtual_tokens_count_against_max_length(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bert = _model_dir(tmp_path, model_type="bert", max_position_embeddings=128, num_hidden_layers=2)
+    space = "{strategy: [full, prompt], strategies: {prompt: {num_virtual_tokens: {low: 5, high: 30}}}}"
+    load_study(_study_file(tmp_path, bert, 98, space))  # 98 + 30 = 128
+    f = _study_file(tmp_path, bert, 100, space)
+    assert main(["validate", str(f)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"{f}: data.max_length: 100 tokens plus up to 30 virtual tokens of strategy 'prompt' exceed the "
+        "model's 128 positions (max_position_embeddings); lower data.max_length to at most 98 or "
+        "num_virtual_tokens",
+        "hpo validate: 1 problem(s)",
+    ]
+    # the default num_virtual_tokens (20) counts when the space leaves it out
+    with pytest.raises(ConfigError, match="up to 20 virtual tokens"):
+        load_study(_study_file(tmp_path, bert, 120, "{strategy: [prompt]}"))
+
+
+def test_retraining_spec_max_length_is_checked_too(tmp_path: Path) -> None:
+    from hpo.export import load_retrain_spec
+
+    bert = _model_dir(tmp_path, model_type="bert", max_position_embeddings=64, num_hidden_layers=2)
+    f = tmp_path / "r.yaml"
+    f.write_text(
+        f"kind: retrain\nmodel: {{name: {bert}}}\ndata: {{source: builtin:reviews, max_length: 60}}\n"
+        "strategy: {name: prompt, params: {num_virtual_tokens: 10}}\n"
+    )
+    with pytest.raises(ConfigError, match=r"data\.max_length: 60 tokens plus up to 10 virtual tokens"):
+        load_retrain_spec(f)

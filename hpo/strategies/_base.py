@@ -22,6 +22,11 @@ class CheckFn(Protocol):
     ) -> list[str]: ...
 
 
+def _no_positions(params: dict[str, Any]) -> int:
+    """Most strategies add nothing to the input sequence."""
+    return 0
+
+
 @dataclass(frozen=True)
 class Strategy:
     """One way of fine-tuning a model: which weights train and what is added to the model."""
@@ -39,6 +44,10 @@ class Strategy:
     apply: Callable[[PreTrainedModel, dict[str, Any]], torch.nn.Module]
     """(freshly loaded task model, parameters) -> the model to train, ``requires_grad`` set.
     Parameters missing from the dict take their defaults."""
+    extra_positions: Callable[[dict[str, Any]], int] = _no_positions
+    """(concrete parameter values) -> input positions the strategy adds in front of the text
+    (prompt tuning's virtual tokens); validation checks them plus ``data.max_length`` against
+    the model's position limit."""
 
 
 def with_defaults(strategy_params: dict[str, object], params: dict[str, Any]) -> dict[str, Any]:

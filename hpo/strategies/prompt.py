@@ -120,6 +120,18 @@ def check(
     return problems
 
 
+def virtual_positions(params: dict[str, Any]) -> int:
+    """Positions the soft prompt (or prefix) takes ahead of the text: ``num_virtual_tokens``.
+
+    Prompt tuning prepends its embeddings to the input, so position ids run to
+    num_virtual_tokens + text length (measured: a 64-position BERT with 10 virtual tokens takes
+    54 text tokens and fails at 55); a prefix sits in the cache, and decoders count the cache
+    in their position ids.
+    """
+    n = with_defaults(DEFAULTS, params)["num_virtual_tokens"]
+    return n if is_int(n) and n > 0 else 0
+
+
 def _accepts_past_key_values(module: nn.Module) -> bool:
     return "past_key_values" in inspect.signature(module.forward).parameters
 
@@ -188,4 +200,5 @@ STRATEGY = Strategy(
     params=DEFAULTS,
     check=check,
     apply=apply,
+    extra_positions=virtual_positions,
 )

@@ -55,6 +55,11 @@ def _load(args: argparse.Namespace) -> Any:
 def cmd_validate(args: argparse.Namespace) -> int:
     from hpo._yaml import YamlError, load_yaml
     from hpo.config import ConfigError, load_space_file, load_study
+    from hpo.data import is_hub_source
+
+    def hub_note(data: Any) -> None:
+        if is_hub_source(data):
+            print(f"  data: hub dataset {data.source!r} not read (hpo validate does not download)")
 
     problems: list[str] = []
     for f in args.files:
@@ -67,14 +72,17 @@ def cmd_validate(args: argparse.Namespace) -> int:
             if isinstance(raw, dict) and raw.get("kind") == "retrain":
                 from hpo.export import load_retrain_spec
 
-                rspec = load_retrain_spec(f)
+                rspec = load_retrain_spec(f, read_data=True)
                 print(f"{f}: ok (retraining spec: {rspec.summary()})")
+                hub_note(rspec.data)
             elif isinstance(raw, dict) and "strategy" in raw and "name" not in raw:
                 space = load_space_file(f)
                 print(f"{f}: ok (search space)\n{space.describe()}")
             else:
-                spec = load_study(f)
-                print(f"{f}: ok (study {spec.name!r}: {spec.summary()})\n{spec.space.describe()}")
+                spec = load_study(f, read_data=True)
+                print(f"{f}: ok (study {spec.name!r}: {spec.summary()})")
+                hub_note(spec.data)
+                print(spec.space.describe())
         except ConfigError as e:
             problems.extend(e.problems)
     if problems:

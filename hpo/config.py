@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hpo._yaml import YamlError, load_yaml
-from hpo.data import DataSpec, check_spec
+from hpo.data import DataSpec, check_spec, read_problems
 from hpo.errors import UserError
 from hpo.models import position_limit, read_model_config, resolve_model
 from hpo.space import TRAINING_DEFAULTS, SearchSpace, parse_space, resolve_space_path
@@ -239,9 +239,12 @@ def parse_data(
     seed: int,
     err: typing.Callable[[str], None],
     extra_keys: tuple[str, ...] = (),
+    read: bool = False,
 ) -> DataSpec:
     """The ``data:`` mapping as a DataSpec; problems go to ``err``. ``extra_keys`` are skipped
-    here (the caller reads them), e.g. ``fingerprint`` in a retraining spec."""
+    here (the caller reads them), e.g. ``fingerprint`` in a retraining spec. With ``read``, a
+    spec that passes the cheap checks is also loaded (:func:`hpo.data.read_problems`) and what
+    the data itself gets wrong is reported as ``data: FILE: problem``."""
     data = DataSpec(source="")
     if raw_data is None:
         err("data: missing (expected a mapping with at least 'source')")
@@ -252,21 +255,28 @@ def parse_data(
     data_fields = {f.name for f in dataclasses.fields(DataSpec)} - {"base_dir"}
     hints = typing.get_type_hints(DataSpec)
     kwargs: dict[str, Any] = {"base_dir": str(base_dir), "seed": seed}
+    bad_keys: list[str] = []  # the data is read only from a spec whose keys are all valid
     for key, value in raw_data.items():
         if key in extra_keys:
             continue
         if key not in data_fields:
             err(f"data.{key}: unknown key (known: {', '.join(sorted(data_fields | set(extra_keys)))})")
+            bad_keys.append(key)
         elif not _type_ok(value, hints[key]):
             err(f"data.{key}: expected {_type_name(hints[key])}, got {value!r}")
+            bad_keys.append(key)
         else:
             kwargs[key] = value
     if "source" not in raw_data:
         err("data.source: missing (a local folder or file, a hub dataset id, or builtin:reviews)")
         return data
     data = DataSpec(**kwargs)
-    for msg in check_spec(data):
+    cheap = check_spec(data)
+    for msg in cheap:
         err(msg)
+    if read and not cheap and not bad_keys:
+        for msg in read_problems(data):
+            err(msg if msg.startswith("data.") else f"data: {msg}")
     return data
 
 
@@ -361,14 +371,22 @@ def check_schedule(budget: Any, err: typing.Callable[[str], None]) -> None:
 # --------------------------------------------------------------------------- study files
 
 
-def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> StudySpec:
+def load_study(
+    path: str | Path, overrides: dict[str, Any] | None = None, *, read_data: bool = False
+) -> StudySpec:
     """Load and validate a study file; ``overrides`` are ``--set key.path=value`` pairs.
+
+    Args:
+        path: The study file.
+        overrides: ``--set`` pairs applied before validation.
+        read_data: Also read the data and report what is wrong with it (``hpo validate``);
+            ``hpo run`` leaves it off, since its workers load the data right after.
 
     Raises:
         ConfigError: with every problem in the file (and its search space) listed.
     """
     p = Path(path)
-    return parse_study(load_mapping(p, overrides, "a mapping of study settings"), p)
+    return parse_study(load_mapping(p, overrides, "a mapping of study settings"), p, read_data=read_data)
 
 
 def load_mapping(path: Path, overrides: dict[str, Any] | None, expected: str) -> dict[str, Any]:
@@ -401,8 +419,8 @@ def apply_override(raw: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def parse_study(raw: dict[str, Any], path: Path) -> StudySpec:
-    """Validate a study mapping read from ``path``."""
+def parse_study(raw: dict[str, Any], path: Path, *, read_data: bool = False) -> StudySpec:
+    """Validate a study mapping read from ``path`` (``read_data``: see :func:`load_study`)."""
     from hpo.tasks import TASKS
 
     problems: list[str] = []
@@ -461,7 +479,7 @@ def parse_study(raw: dict[str, Any], path: Path) -> StudySpec:
             if model_config is None and looks_local:
                 err(f"model: local model folder {model_path!r} not found or has no config.json")
 
-    data = parse_data(raw.get("data"), base_dir, seed, err)
+    data = parse_data(raw.get("data"), base_dir, seed, err, read=read_data)
 
     objective = _section(ObjectiveSpec, raw.get("objective"), "objective", err)
     budget = _section(BudgetSpec, raw.get("budget"), "budget", err)

@@ -45,6 +45,8 @@ __all__ = [
     "TOKENIZE_STATS",
     "check_spec",
     "clear_tokenize_cache",
+    "is_hub_source",
+    "read_problems",
     "describe_source",
     "load_data",
     "tokenize",
@@ -884,6 +886,35 @@ def check_spec(spec: DataSpec) -> list[str]:
                     f"{'|'.join(SUFFIXES)} or data.train; files: {_list_files(src.path)})"
                 )
     return problems
+
+
+def is_hub_source(spec: DataSpec) -> bool:
+    """True when ``data.source`` names a hub dataset (no local path or builtin by that name)."""
+    try:
+        return _resolve(spec).kind == "hub"
+    except DataError:
+        return False
+
+
+def read_problems(spec: DataSpec) -> list[str]:
+    """What :func:`load_data` would refuse, found by loading the data (test split included).
+
+    ``hpo validate`` calls it: every split is read, checked, carved and subsampled exactly as
+    a search and a retrain will, so a missing column, an empty file, a single class, bad
+    encoding or a broken JSON line is reported before anything runs. A hub dataset is not
+    read (validation never downloads); :func:`is_hub_source` says so. No model, tokenizer or
+    database is touched.
+
+    Returns:
+        The problem as one line (load_data stops at the first), or an empty list.
+    """
+    try:
+        if _resolve(spec).kind == "hub":
+            return []
+        load_data(spec, need_test=True)
+    except DataError as exc:
+        return [str(exc)]
+    return []
 
 
 # ---------------------------------------------------------------------------------------

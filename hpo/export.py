@@ -218,17 +218,22 @@ def _budget_dict(max_epochs: Any, evals_per_epoch: Any, stop_after_step: int | N
 # --------------------------------------------------------------------------- loading
 
 
-def load_retrain_spec(path: str | Path, overrides: dict[str, Any] | None = None) -> RetrainSpec:
+def load_retrain_spec(
+    path: str | Path, overrides: dict[str, Any] | None = None, *, read_data: bool = False
+) -> RetrainSpec:
     """Read and validate a retraining spec; ``overrides`` are ``--set key.path=value`` pairs.
+
+    ``read_data`` also reads the data (test split included) and reports what is wrong with it
+    (``hpo validate``).
 
     Raises:
         ConfigError: every problem, each as ``file: key.path: problem``.
     """
     p = Path(path)
-    return parse_retrain(load_mapping(p, overrides, "a mapping (kind: retrain ...)"), p)
+    return parse_retrain(load_mapping(p, overrides, "a mapping (kind: retrain ...)"), p, read_data=read_data)
 
 
-def parse_retrain(raw: dict[str, Any], path: Path) -> RetrainSpec:
+def parse_retrain(raw: dict[str, Any], path: Path, *, read_data: bool = False) -> RetrainSpec:
     """Validate a retraining mapping read from ``path`` (relative paths resolve against its folder).
 
     Raises:
@@ -315,7 +320,7 @@ def parse_retrain(raw: dict[str, Any], path: Path) -> RetrainSpec:
 
     # data: DataSpec keys + fingerprint
     raw_data = raw.get("data")
-    data = parse_data(raw_data, base_dir, seed, err, extra_keys=("fingerprint",))
+    data = parse_data(raw_data, base_dir, seed, err, extra_keys=("fingerprint",), read=read_data)
     fingerprint: str | None = None
     if isinstance(raw_data, dict):
         value = raw_data.get("fingerprint")

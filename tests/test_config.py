@@ -249,3 +249,116 @@ def test_retraining_spec_max_length_is_checked_too(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"data\.max_length: 60 tokens plus up to 10 virtual tokens"):
         load_retrain_spec(f)
+
+
+# ----------------------------------------------------------------------------- validate reads the data
+
+
+def _data_study(tmp_path: Path, data_name: str, content: bytes, **data: str) -> Path:
+    (tmp_path / data_name).write_bytes(content)
+    extra = "".join(f", {k}: {v}" for k, v in data.items())
+    f = tmp_path / "s.yaml"
+    f.write_text(
+        f"name: s\nmodel: minilm\ndata: {{source: {data_name}{extra}}}\n"
+        "space: {strategy: [full]}\nbudget: {n_trials: 0}\n"
+    )
+    return f
+
+
+ROWS = "".join(f"row {i} says something,{i % 2}\n" for i in range(40))
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "data", "problem"),
+    [
+        (
+            "all.csv",
+            ("sentence,label\n" + ROWS).encode(),
+            {"text": "txt"},
+            "data: all.csv: column 'txt' not found (columns: sentence, label)",
+        ),
+        ("all.csv", b"", {}, "data: all.csv: file is empty"),
+        (
+            "all.csv",
+            ("text,label\n" + "".join(f"row {i},0\n" for i in range(40))).encode(),
+            {},
+            "data: all.csv: column 'label' has a single class ('0'); need at least 2",
+        ),
+        (
+            "all.csv",
+            ("text,label\n" + ROWS).encode() + "caf\xe9 cr\xe8me,1\n".encode("latin-1"),
+            {},
+            "data: all.csv: could not read as CSV: 'utf-8' codec can't decode byte 0xe9",
+        ),
+        (
+            "all.jsonl",
+            b'{"text": "good", "label": 1}\n{"text": "bad", "label": 0}\n{"text": "oops", "label": \n',
+            {},
+            "data: all.jsonl: line 3: invalid JSON: Expecting value",
+        ),
+    ],
+    ids=["missing-column", "empty-file", "one-class", "bad-encoding", "broken-jsonl-line"],
+)
+def test_validate_reads_the_data_and_lists_its_problem_with_the_others(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+    content: bytes,
+    data: dict[str, str],
+    problem: str,
+) -> None:
+    f = _data_study(tmp_path, name, content, **data)
+    assert main(["validate", str(f)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith(f"{f}: {problem}"), err  # data comes before budget, in file order
+    assert err[1:] == [f"{f}: budget.n_trials: must be >= 1, got 0", "hpo validate: 2 problem(s)"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "s.yaml"])  # nothing written
+
+
+def test_validate_reads_a_retraining_specs_data_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "all.csv").write_text("sentence,label\n" + ROWS)
+    f = tmp_path / "r.yaml"
+    f.write_text(
+        "kind: retrain\nmodel: {name: minilm}\ndata: {source: all.csv, text: txt}\nstrategy: {name: full}\n"
+    )
+    assert main(["validate", str(f)]) == 1
+    assert f"{f}: data: all.csv: column 'txt' not found" in capsys.readouterr().err
+
+
+def test_validate_of_local_data_imports_no_torch_and_notes_hub_data(tmp_path: Path) -> None:
+    good = tmp_path / "good"
+    good.mkdir()
+    _data_study(good, "all.csv", ("text,label\n" + ROWS).encode())
+    (good / "s.yaml").write_text((good / "s.yaml").read_text().replace("n_trials: 0", "n_trials: 2"))
+    hub = tmp_path / "hub.yaml"
+    hub.write_text(
+        "name: h\nmodel: minilm\ndata: {source: someone/some-dataset}\nspace: {strategy: [full]}\n"
+    )
+    code = (
+        "import sys; from hpo.cli import main; "
+        f"rc = main(['validate', {str(good / 's.yaml')!r}, {str(hub)!r}]); "
+        "assert rc == 0, rc; bad = [m for m in ('torch', 'transformers', 'ray', 'datasets') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**__import__("os").environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "data: hub dataset 'someone/some-dataset' not read (hpo validate does not download)" in proc.stdout
+
+
+def test_run_still_reports_a_data_error_on_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    f = _data_study(tmp_path, "all.csv", ("sentence,label\n" + ROWS).encode(), text="txt")
+    f.write_text(f.read_text().replace("n_trials: 0", "n_trials: 1"))
+    assert main(["run", str(f), "--storage", f"sqlite:///{tmp_path / 'x.db'}"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["hpo run: error: all.csv: column 'txt' not found (columns: sentence, label)"]
+    assert not (tmp_path / "x.db").exists()

@@ -218,7 +218,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_retrain(args: argparse.Namespace) -> int:
     from hpo.retrain import retrain
 
-    retrain(args.file, Path(args.output) if args.output else None, _overrides(args.set))
+    retrain(
+        args.file, Path(args.output) if args.output else None, _overrides(args.set), overwrite=args.overwrite
+    )
     return 0
 
 
@@ -380,6 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
     rt.add_argument("file")
     rt.add_argument("-o", "--output", help="output folder (default: runs/<study>-trial<N>)")
     rt.add_argument("--set", action="append", metavar="KEY=VALUE", help="e.g. training.num_train_epochs=3")
+    rt.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="use an output folder that already holds files: replace the model, metrics.json, "
+        "config.yaml and metrics.png there (other files stay)",
+    )
     rt.set_defaults(func=cmd_retrain)
 
     d = sub.add_parser("dashboard", help="serve optuna-dashboard on the storage")

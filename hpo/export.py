@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -622,7 +623,7 @@ def export_trial(storage_url: str, name: str, out_path: Path, trial_number: int 
             not validate on this machine (the file is written all the same, to be fixed by hand).
     """
     from hpo._yaml import dump_yaml
-    from hpo.compare import load_one
+    from hpo.compare import is_stopped_early, load_one
 
     study = load_one(storage_url, name)
     trial = pick_trial(study, trial_number)
@@ -632,6 +633,14 @@ def export_trial(storage_url: str, name: str, out_path: Path, trial_number: int 
         if trial_number is not None and trial_number != trial.number
         else ""
     )
+    if is_stopped_early(trial):  # only by --trial: the best trial is never a stopped-early one
+        repeat += "; stopped early (Ray ASHA): its value comes from a shorter run"
+        print(
+            f"warning: trial {trial.number} was stopped early (Ray ASHA): its value comes from a shorter run "
+            "than the study's budget, so a full retrain is not expected to match it "
+            "(provenance.stopped_early: true)",
+            file=sys.stderr,
+        )
     header = (
         f"# Retraining spec of trial {trial.number} of study {study.study_name!r} "
         f"({spec['provenance']['metric']}={trial.value:.4f}){repeat}.\n"

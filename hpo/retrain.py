@@ -109,6 +109,64 @@ def evaluate_split(ctx: Any, model: Any, cfg: Any, seed: int, split: str) -> dic
     }
 
 
+# --------------------------------------------------------------------------- output folder
+
+WRITTEN = ("model", "metrics.json", "config.yaml", "metrics.png")
+"""What a retrain writes in its output folder; ``--overwrite`` replaces these and nothing else."""
+
+
+def check_out_dir(out_dir: Path, overwrite: bool = False, shown: str | None = None) -> None:
+    """Refuse an output folder before training, so that no training run is lost to it.
+
+    The folder may be missing (it is created after training, with its parents) or empty; a
+    folder with anything in it is refused unless ``overwrite``, and then only what a retrain
+    writes (:data:`WRITTEN`) is replaced. A writable folder is required.
+
+    Args:
+        out_dir: The output folder.
+        overwrite: Allow a folder that already holds files.
+        shown: How messages name it (default ``-o OUT_DIR``).
+
+    Raises:
+        UserError: a file where the folder (or one of its parents) should be, a non-empty
+            folder without ``overwrite``, or a folder that cannot be written.
+    """
+    shown = shown or f"-o {out_dir}"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{shown}: exists and is not a folder")
+    existing = out_dir
+    while not existing.exists():
+        if existing.parent == existing:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise UserError(f"{shown}: {existing} is a file, not a folder")
+    if out_dir.is_dir() and not overwrite:
+        entries = sorted(p.name for p in out_dir.iterdir())
+        if entries:
+            listed = ", ".join(entries[:6]) + (", ..." if len(entries) > 6 else "")
+            raise UserError(
+                f"{shown}: folder is not empty ({listed}); "
+                "pass --overwrite to replace what retrain writes there"
+            )
+    try:
+        # the folder itself or its nearest existing parent must take a new file
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise UserError(f"{shown}: cannot write in {existing} ({e.strerror or e})") from None
+
+
+def _clear_written(out_dir: Path) -> None:
+    """Remove what an earlier retrain wrote (``--overwrite``); other files stay."""
+    for name in WRITTEN:
+        path = out_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+
+
 # --------------------------------------------------------------------------- saving and loading
 
 
@@ -265,28 +323,47 @@ def metrics_chart(
 # --------------------------------------------------------------------------- retrain
 
 
+def reproduction_verdict(diff: float, same_data: bool, overridden: bool) -> str:
+    """How a retrain's validation value compares with the trial's, for people.
+
+    Only the spec as exported (same data, no overrides) can claim an exact reproduction; on
+    other data or settings an equal value is a coincidence and a difference is expected.
+    """
+    if same_data and not overridden:
+        return "reproduced exactly" if diff == 0 else f"differs by {diff:+.4g}"
+    if not same_data:
+        found, why = "equal by coincidence", "the data differs from the trial's"
+    else:
+        found, why = "equal", "settings overridden"
+    return f"{found if diff == 0 else f'differs by {diff:+.4g}'}; {why}, a match is not expected"
+
+
 def retrain(
     file: str | Path,
     out_dir: Path | None = None,
     overrides: dict[str, Any] | None = None,
     *,
     quiet: bool = False,
+    overwrite: bool = False,
 ) -> RetrainResult:
     """Train an exported config, evaluate on validation and test, and save everything.
 
     Args:
         file: A retraining spec (``hpo export`` output, or a retrain's config.yaml).
-        out_dir: Output folder; default ``runs/<study>-trial<N>``.
+        out_dir: Output folder; default ``runs/<study>-trial<N>``. Checked before training
+            (:func:`check_out_dir`): it must be missing or empty unless ``overwrite``.
         overrides: ``--set`` pairs applied to the spec before validation, e.g.
             ``{"training.num_train_epochs": 3, "data.train_limit": None}``.
         quiet: Print nothing.
+        overwrite: Replace the model, metrics, config and chart in a folder that holds files.
 
     Returns:
         Metrics and paths.
 
     Raises:
         ConfigError: the spec (after overrides) is invalid.
-        UserError / DataError: no test split, data or model problems.
+        UserError / DataError: an output folder that cannot be used, no test split, data or
+            model problems.
     """
     from hpo.objective import prepare, train_and_evaluate
     from hpo.study import package_versions
@@ -297,7 +374,11 @@ def retrain(
 
     overrides = dict(overrides or {})
     rspec = load_retrain_spec(file, overrides)
-    out_dir = out_dir or default_out_dir(rspec)
+    shown = f"-o {out_dir}" if out_dir is not None else None
+    if out_dir is None:
+        out_dir = default_out_dir(rspec)
+        shown = f"output folder {out_dir} (the default; choose another with -o)"
+    check_out_dir(out_dir, overwrite, shown)  # before training, so a bad path costs no run
     _quiet()
     spec = rspec.to_study_spec()
     say(f"retraining {rspec.summary()}")
@@ -334,8 +415,10 @@ def retrain(
 
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
+        if overwrite:
+            _clear_written(out_dir)
     except OSError as e:
-        raise UserError(f"-o {out_dir}: cannot create the folder ({e.strerror})") from None
+        raise UserError(f"{shown}: cannot create the folder ({e.strerror})") from None
     model_dir = out_dir / "model"
     save_trained(out.model, ctx.tokenizer, rspec, ctx.data.label_names, model_dir)
 
@@ -406,10 +489,7 @@ def retrain(
     if value is not None:
         line = f"validation {rspec.metric} {value:.4f}"
         if trial_value is not None:
-            diff = value - trial_value
-            verdict = "reproduced exactly" if diff == 0 else f"differs by {diff:+.4g}"
-            if overrides:
-                verdict += "; settings overridden, a match is not expected"
+            verdict = reproduction_verdict(value - trial_value, same_data, bool(overrides))
             line += f" (trial recorded {trial_value:.4f}: {verdict})"
         say(line)
     say("test " + ", ".join(f"{k} {test[k]:.4f}" for k in (*SHOWN_METRICS, "loss") if k in test))

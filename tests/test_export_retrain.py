@@ -322,3 +322,93 @@ def test_select_best_takes_the_best_evaluation_and_retrain_stops_there(
     out.write_text(dump_yaml(spec))
     with pytest.raises(ConfigError, match=r"budget\.stop_after_step: must be a positive step number"):
         load_retrain_spec(out)
+
+
+def test_retrain_checks_the_output_path_before_training(
+    db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = _export(db, tmp_path, trial=0)
+    capsys.readouterr()
+
+    def refused(out: Path, message: str) -> None:
+        assert main(["retrain", str(spec), "-o", str(out)]) == 1
+        printed, err = capsys.readouterr()
+        assert err.strip().splitlines() == [f"hpo retrain: error: -o {out}: {message}"]
+        assert "retraining" not in printed  # refused before any training
+
+    # an existing file is neither replaced nor trained for
+    f = tmp_path / "out.txt"
+    f.write_text("keep me")
+    refused(f, "exists and is not a folder")
+    refused(f / "sub", f"{f} is a file, not a folder")
+    assert f.read_text() == "keep me"
+    # a folder with files in it: refused, nothing deleted
+    d = tmp_path / "d"
+    (d / "model").mkdir(parents=True)
+    (d / "model" / "mine.bin").write_text("x")
+    (d / "notes.txt").write_text("n")
+    refused(
+        d, "folder is not empty (model, notes.txt); pass --overwrite to replace what retrain writes there"
+    )
+    assert (d / "model" / "mine.bin").read_text() == "x" and (d / "notes.txt").read_text() == "n"
+    # a folder whose model is a file: refused too, and --overwrite replaces it but keeps other files
+    e = tmp_path / "e"
+    e.mkdir()
+    (e / "model").write_text("not a folder")
+    (e / "notes.txt").write_text("n")
+    refused(
+        e, "folder is not empty (model, notes.txt); pass --overwrite to replace what retrain writes there"
+    )
+    assert main(["retrain", str(spec), "-o", str(e), "--overwrite"]) == 0
+    assert (e / "model" / "adapter_config.json").is_file() and (e / "metrics.json").is_file()
+    assert (e / "notes.txt").read_text() == "n"
+
+
+def test_retrain_on_other_data_never_claims_exact_reproduction(
+    db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = _export(db, tmp_path, trial=0)
+    raw = load_yaml(spec)
+    raw["data"]["fingerprint"] = "0123456789abcdef"  # the trial saw other rows (same rows here: same value)
+    spec.write_text(dump_yaml(raw))
+    capsys.readouterr()
+    assert main(["retrain", str(spec), "-o", str(tmp_path / "run")]) == 0
+    out, err = capsys.readouterr()
+    assert "warning: the data differs from the trial's" in err
+    assert "reproduced exactly" not in out
+    assert "equal by coincidence; the data differs from the trial's, a match is not expected" in out
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["difference_from_trial"] == 0.0
+
+
+def test_export_of_a_stopped_early_trial_warns(
+    db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import shutil
+
+    copy = tmp_path / "copy.db"
+    shutil.copy(db.removeprefix("sqlite:///"), copy)
+    url = f"sqlite:///{copy}"
+    study = _study(url)
+    src = study.trials[0]
+    # What the Ray backend stores for a trial that ASHA stopped: COMPLETE, marked stopped_early.
+    study.add_trial(
+        optuna.trial.create_trial(
+            state=TS.COMPLETE,
+            value=src.value,
+            params=src.params,
+            distributions=src.distributions,
+            user_attrs={**src.user_attrs, "stopped_early": True},
+        )
+    )
+    number = len(study.trials) - 1
+    out = tmp_path / "stopped.yaml"
+    capsys.readouterr()
+    assert main(["export", "exp", "--trial", str(number), "-o", str(out), "--storage", url]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: trial {number} was stopped early (Ray ASHA)" in err
+    assert "its value comes from a shorter run" in err
+    assert load_yaml(out)["provenance"]["stopped_early"] is True
+    assert "stopped early" in out.read_text().splitlines()[0]
+    # the best trial is never a stopped-early one, so a plain export says nothing
+    assert main(["export", "exp", "-o", str(tmp_path / "best.yaml"), "--storage", url]) == 0
+    assert "stopped early" not in capsys.readouterr().err

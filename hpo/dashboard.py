@@ -39,14 +39,15 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def bind_warning(host: str) -> str | None:
-    """The warning printed when the dashboard listens beyond this machine, else None."""
+def bind_warning(host: str, port: int = 8080) -> str | None:
+    """The warning printed when the dashboard listens beyond this machine, else None; the
+    SSH tunnel it suggests uses ``port``."""
     if is_loopback(host):
         return None
     return (
         f"warning: the dashboard listens on {host}, reachable from other machines, and has no "
         "authentication: anyone who can reach the port can read every study and edit notes. "
-        "Prefer the default 127.0.0.1 with an SSH tunnel (ssh -L 8080:127.0.0.1:8080 HOST)."
+        f"Prefer the default 127.0.0.1 with an SSH tunnel (ssh -L {port}:127.0.0.1:{port} HOST)."
     )
 
 
@@ -89,7 +90,7 @@ def serve(storage_url: str, host: str = "127.0.0.1", port: int = 8080) -> None:
     """
     from hpo.storage import redact
 
-    warning = bind_warning(host)
+    warning = bind_warning(host, port)
     if warning:
         print(warning, file=sys.stderr, flush=True)
     server = make_dashboard_server(storage_url, host, port)

@@ -160,18 +160,33 @@ def open_study(
         if fingerprint:
             study.set_user_attr("data_fingerprint", fingerprint)
     else:
+        # Advice that works for the command: `hpo run` may start a new study under another
+        # name; `hpo worker` only joins, so another --study-name just finds no study.
+        origin = attrs.get("study_file")
+        where = f" ({origin})" if origin else ""
         diffs = _differences(stored, current)
         if study.direction.name.lower() != spec.direction:
             diffs.append("objective.direction")
         if diffs:
+            advice = (
+                f"use another name (--study-name) or the study file it was created from{where}"
+                if create
+                else f"a worker joins with the study file the study was created from{where}"
+            )
             raise StudyMismatchError(
                 f"{spec.path}: study {spec.name!r} already exists with different settings ({', '.join(diffs)}); "
-                "use another name (--study-name) or the original study file"
+                + advice
             )
         old_fp = attrs.get("data_fingerprint")
         if fingerprint and old_fp and old_fp != fingerprint:
+            advice = (
+                "use another name (--study-name) or the data the study was run on"
+                if create
+                else "a worker must read the same data as the study's other workers"
+            )
             raise StudyMismatchError(
-                f"{spec.path}: study {spec.name!r} was run on different data (fingerprint {old_fp}, now {fingerprint})"
+                f"{spec.path}: study {spec.name!r} was run on different data (fingerprint {old_fp}, "
+                f"now {fingerprint}); {advice}"
             )
     return study
 

@@ -76,6 +76,19 @@ def test_only_loopback_goes_without_a_warning() -> None:
         assert warning is not None and "no authentication" in warning and host in warning
 
 
+def test_the_warning_names_the_port_in_use(capsys: pytest.CaptureFixture[str]) -> None:
+    warning = bind_warning("0.0.0.0", 9123)
+    assert warning is not None
+    assert "ssh -L 9123:127.0.0.1:9123 HOST" in warning and "8080" not in warning
+    # the command prints it with its own --port (the missing storage then stops it)
+    assert (
+        main(["dashboard", "--host", "0.0.0.0", "--port", "9124", "--storage", "sqlite:////nonexistent/x.db"])
+        == 1
+    )
+    err = capsys.readouterr().err
+    assert "ssh -L 9124:127.0.0.1:9124 HOST" in err and "8080" not in err
+
+
 def test_api_lists_the_study_with_metric_names_and_trials(db: str) -> None:
     server = make_dashboard_server(db, "127.0.0.1", 0)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

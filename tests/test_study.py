@@ -65,3 +65,27 @@ def test_parallel_workers_get_different_sampler_seeds() -> None:
         study = optuna.create_study(sampler=make_sampler(spec, worker_index=worker))
         draws.append(study.ask().suggest_float("x", 0, 1))
     assert draws[0] != draws[1]
+
+
+@pytest.mark.parametrize(
+    ("create", "advice", "not_advice"),
+    [
+        (True, "use another name (--study-name) or the study file it was created from", None),
+        # a worker only joins: --study-name would just say "not found"
+        (False, "a worker joins with the study file the study was created from", "--study-name"),
+    ],
+)
+def test_mismatch_advice_fits_the_command(
+    tmp_path: Path, create: bool, advice: str, not_advice: str | None
+) -> None:
+    from hpo.storage import open_storage
+    from hpo.study import StudyMismatchError, open_study
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'hpo.db'}", heartbeat=False)
+    open_study(_spec(), storage)
+    with pytest.raises(StudyMismatchError) as exc:
+        open_study(_spec(**{"budget.max_epochs": 3}), storage, create=create)
+    message = str(exc.value)
+    assert "already exists with different settings (budget.max_epochs)" in message
+    assert advice in message and str(ROOT / "studies" / "sst2-minilm.yaml") in message
+    assert not_advice is None or not_advice not in message

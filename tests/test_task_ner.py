@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
 from collections import Counter
 from fractions import Fraction
@@ -14,6 +17,20 @@ from hpo.data import DataError
 from hpo.tasks import token_classification as tc
 
 WNUT = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "wnut17"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_task_modules_import_no_heavy_package() -> None:
+    # The registry will import both modules; hpo validate must stay free of torch/transformers.
+    code = (
+        "import sys, hpo.tasks.token_classification, hpo.tasks.question_answering; "
+        "print(sorted(m for m in ('torch', 'transformers', 'seqeval', 'datasets', 'sklearn') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert out.stdout.strip() == "[]"
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +79,7 @@ def test_read_conll_multi_column_conll2003_layout_takes_first_and_last_column(tm
         "rejects VBZ B-VP O\n"
         "German  JJ   B-NP   B-MISC\n"  # runs of spaces are one separator
         "\n"
-        "-DOCSTART- -X- -X- O\n"
+        "-DOCSTART-\n"  # a bare separator line has one column and is still skipped
         "\n"
         "Peter NNP B-NP B-PER\n"
         "Blackburn NNP I-NP I-PER\n"

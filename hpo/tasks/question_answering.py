@@ -1,0 +1,620 @@
+"""Extractive question answering (SQuAD v1.1 style): reading, windowed features, answers, metrics.
+
+Pure building blocks; the task record (registry entry, data roles, Trainer) is wired elsewhere.
+
+- :func:`read_squad_json` flattens the official SQuAD JSON into Hugging Face ``squad`` rows.
+- :func:`normalize_answers` accepts the answer layouts that tables and datasets hold and
+  checks every answer against its context.
+- :func:`prepare_train_features` / :func:`prepare_eval_features` cut (question, context) pairs
+  into overlapping windows of at most ``max_length`` tokens, the Hugging Face ``run_qa``
+  recipe: question first, only the context truncated, ``doc_stride`` tokens shared by
+  neighbouring windows.
+- :func:`postprocess` turns per-window start/end logits into one answer string per question.
+- :func:`normalize_answer`, :func:`exact_match`, :func:`f1`, :func:`squad_metrics`: the official
+  SQuAD v1.1 evaluation, as fractions in [0, 1] rather than percent.
+"""
+
+from __future__ import annotations
+
+import json
+import numbers
+import re
+import string
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from hpo.data import DataError
+
+METRICS = ("exact_match", "f1", "loss")
+"""Validation metrics of the task (SQuAD exact match and token F1 as fractions, loss)."""
+
+NO_OFFSET = None
+"""``offset_mapping`` entry of a token outside the context (question, special tokens) in
+:func:`prepare_eval_features`. ``datasets`` stores it as a null element of the
+``list<list<int64>>`` column and gives it back as None."""
+
+
+# ---------------------------------------------------------------------------------------
+# Reading
+
+
+def read_squad_json(path: Path, shown: str) -> pd.DataFrame:
+    """Read an official SQuAD v1.1 JSON file into one row per question.
+
+    The file is ``{"version", "data": [{"title", "paragraphs": [{"context", "qas": [{"id",
+    "question", "answers": [{"text", "answer_start"}]}]}]}]}``. Every answer is checked to
+    sit at its ``answer_start`` in the context.
+
+    Args:
+        path: The file.
+        shown: How messages name the file (e.g. the path the user wrote).
+
+    Returns:
+        Columns ``id`` (str), ``title`` (str; "" when an article has none), ``context``,
+        ``question`` and ``answers`` (``{"text": [str, ...], "answer_start": [int, ...]}``,
+        the Hugging Face ``squad`` layout), in file order.
+
+    Raises:
+        DataError: ``shown: <JSON path>: problem``, e.g. ``train.json:
+            data[3].paragraphs[0].qas[7].answers[0].answer_start: expected an integer, got
+            '12'``, for invalid JSON, a missing or mistyped key, an answer that is not at its
+            offset, a question without answers (SQuAD 2.0 unanswerable questions are not
+            supported), a duplicate id, or a file without questions.
+    """
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not JSON
+    except OSError as exc:
+        raise DataError(f"{shown}: could not read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{shown}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    if not text.strip():
+        raise DataError(f"{shown}: file is empty")
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{shown}: line {exc.lineno} column {exc.colno}: invalid JSON: {exc.msg}") from None
+
+    def where(key: str) -> str:
+        return f"{shown}: {key}" if key else shown
+
+    def need(value: Any, kind: type | tuple[type, ...], key: str, what: str) -> Any:
+        # bool is an int to Python but never a count or an offset here.
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise DataError(f"{where(key)}: expected {what}, got {_show(value)}")
+        return value
+
+    def field(obj: Mapping[str, Any], name: str, key: str) -> Any:
+        if name not in obj:
+            raise DataError(
+                f"{where(key)}: missing key {name!r} (keys: {', '.join(map(str, obj)) or 'none'})"
+            )
+        return obj[name]
+
+    need(obj, dict, "", 'a JSON object {"version", "data": [...]}')
+    rows: dict[str, list[Any]] = {k: [] for k in ("id", "title", "context", "question", "answers")}
+    first_seen: dict[str, str] = {}  # id -> JSON path of its question
+    articles = need(field(obj, "data", ""), list, "data", "a list of articles")
+    for a, article in enumerate(articles):
+        akey = f"data[{a}]"
+        need(article, dict, akey, "an object with title and paragraphs")
+        title = need(article.get("title", ""), str, f"{akey}.title", "a string")
+        paragraphs = need(field(article, "paragraphs", akey), list, f"{akey}.paragraphs", "a list")
+        for p, paragraph in enumerate(paragraphs):
+            pkey = f"{akey}.paragraphs[{p}]"
+            need(paragraph, dict, pkey, "an object with context and qas")
+            context = need(field(paragraph, "context", pkey), str, f"{pkey}.context", "a string")
+            qas = need(field(paragraph, "qas", pkey), list, f"{pkey}.qas", "a list")
+            for q, qa in enumerate(qas):
+                qkey = f"{pkey}.qas[{q}]"
+                need(qa, dict, qkey, "an object with id, question and answers")
+                # Ids are strings in SQuAD; integer ids of home-made files become strings.
+                qid = str(need(field(qa, "id", qkey), (str, int), f"{qkey}.id", "a string"))
+                if qid in first_seen:
+                    raise DataError(f"{where(qkey)}.id: duplicate id {qid!r} (first at {first_seen[qid]})")
+                first_seen[qid] = qkey
+                question = need(field(qa, "question", qkey), str, f"{qkey}.question", "a string")
+                if qa.get("is_impossible") is True:
+                    raise DataError(
+                        f"{where(qkey)}: unanswerable question (SQuAD 2.0 is_impossible); "
+                        "only SQuAD v1.1 data, where every question has an answer, is supported"
+                    )
+                answers = need(field(qa, "answers", qkey), list, f"{qkey}.answers", "a list")
+                if not answers:
+                    raise DataError(f"{where(qkey)}.answers: empty (every question needs an answer)")
+                texts: list[str] = []
+                starts: list[int] = []
+                for n, answer in enumerate(answers):
+                    nkey = f"{qkey}.answers[{n}]"
+                    need(answer, dict, nkey, "an object with text and answer_start")
+                    texts.append(need(field(answer, "text", nkey), str, f"{nkey}.text", "a string"))
+                    starts.append(
+                        need(field(answer, "answer_start", nkey), int, f"{nkey}.answer_start", "an integer")
+                    )
+                    problem = _answer_problem(context, texts[-1], starts[-1])
+                    if problem:
+                        raise DataError(f"{where(nkey)}: {problem}")
+                rows["id"].append(qid)
+                rows["title"].append(title)
+                rows["context"].append(context)
+                rows["question"].append(question)
+                rows["answers"].append({"text": texts, "answer_start": starts})
+    if not rows["id"]:
+        raise DataError(f"{shown}: no questions")
+    return pd.DataFrame(rows)
+
+
+def _show(value: Any, width: int = 40) -> str:
+    """A value for a message: its repr, clipped, or its type for containers."""
+    if isinstance(value, (dict, list)):
+        return f"a JSON {'object' if isinstance(value, dict) else 'array'}"
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _answer_problem(context: str, text: str, start: int) -> str:
+    """Why an answer does not sit at ``start`` in ``context``, or "" when it does."""
+    if not text:
+        return "empty answer text"
+    if not 0 <= start <= len(context) - len(text):
+        return f"answer_start {start} is outside the context ({len(context)} characters) for text {text!r}"
+    found = context[start : start + len(text)]
+    if found != text:
+        return f"answer_start {start} does not point at its text {text!r} (the context has {found!r} there)"
+    return ""
+
+
+def normalize_answers(
+    answers: Sequence[Any], contexts: Sequence[str], shown: str
+) -> list[dict[str, list[Any]]]:
+    """Bring each row's answers into the ``{"text": [...], "answer_start": [...]}`` layout and check them.
+
+    Accepted per row: that layout (with lists, tuples or numpy arrays as values, as JSON,
+    pandas and parquet give them back), or a list/array of ``{"text", "answer_start"}``
+    objects (the official SQuAD layout).
+
+    Args:
+        answers: The ``answers`` column, one entry per row.
+        contexts: The context of each row.
+        shown: How messages name the file.
+
+    Returns:
+        One ``{"text": list[str], "answer_start": list[int]}`` per row, plain Python values.
+
+    Raises:
+        DataError: ``shown: row i: problem`` (rows counted from 0, the frame's position) for
+            the first row with an unknown layout, no answer, texts and starts of different
+            lengths, a non-integer start, or an answer that is not at its ``answer_start``
+            in the context.
+    """
+    if len(answers) != len(contexts):
+        raise ValueError(f"normalize_answers: {len(answers)} answers but {len(contexts)} contexts")
+    out: list[dict[str, list[Any]]] = []
+    for i, (value, context) in enumerate(zip(answers, contexts, strict=True)):
+        at = f"{shown}: row {i}: answers"
+        texts, starts = _answer_lists(value, at)
+        if not texts:
+            raise DataError(f"{at}: no answer (every question needs one)")
+        if len(texts) != len(starts):
+            raise DataError(f"{at}: {len(texts)} texts but {len(starts)} answer_start values")
+        clean_starts: list[int] = []
+        for n, (text, start) in enumerate(zip(texts, starts, strict=True)):
+            if not isinstance(text, str):
+                raise DataError(f"{at}.text[{n}]: expected a string, got {_show(text)}")
+            start_int = _as_int(start)
+            if start_int is None:
+                raise DataError(f"{at}.answer_start[{n}]: expected an integer, got {_show(start)}")
+            if not isinstance(context, str):
+                raise DataError(f"{shown}: row {i}: context: expected a string, got {_show(context)}")
+            problem = _answer_problem(context, text, start_int)
+            if problem:
+                raise DataError(f"{at}[{n}]: {problem}")
+            clean_starts.append(start_int)
+        # str(): numpy.str_ from parquet arrays becomes a plain str.
+        out.append({"text": [str(t) for t in texts], "answer_start": clean_starts})
+    return out
+
+
+def _is_sequence(value: Any) -> bool:
+    """A list, tuple or numpy array (what JSON, pandas and parquet give back), not a string."""
+    import numpy as np  # already loaded by pandas
+
+    return isinstance(value, (list, tuple, np.ndarray))
+
+
+def _answer_lists(value: Any, at: str) -> tuple[list[Any], list[Any]]:
+    """(texts, starts) of one row's answers in either layout."""
+    if isinstance(value, Mapping):
+        missing = [k for k in ("text", "answer_start") if k not in value]
+        if missing:
+            raise DataError(
+                f"{at}: missing key {missing[0]!r} (keys: {', '.join(map(str, value)) or 'none'})"
+            )
+        texts, starts = value["text"], value["answer_start"]
+        if not _is_sequence(texts) or not _is_sequence(starts):
+            raise DataError(
+                f"{at}: expected lists under text and answer_start, got {type(texts).__name__} and "
+                f"{type(starts).__name__}"
+            )
+        return list(texts), list(starts)
+    if _is_sequence(value):
+        texts, starts = [], []
+        for n, answer in enumerate(value):
+            if not isinstance(answer, Mapping) or "text" not in answer or "answer_start" not in answer:
+                raise DataError(
+                    f"{at}[{n}]: expected an object with text and answer_start, got {_show(answer)}"
+                )
+            texts.append(answer["text"])
+            starts.append(answer["answer_start"])
+        return texts, starts
+    raise DataError(
+        f'{at}: expected {{"text": [...], "answer_start": [...]}} or a list of '
+        f"{{text, answer_start}} objects, got {type(value).__name__}"
+    )
+
+
+def _as_int(value: Any) -> int | None:
+    """``value`` as an int when it is an integral number, else None (strings and bools too)."""
+    if isinstance(value, bool):
+        return None
+    # numbers.Integral covers numpy.int64 from parquet; an integral float (12.0) comes from a
+    # column that pandas widened to float because another row had a missing value.
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real) and float(value).is_integer():
+        return int(float(value))
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+# Features
+
+
+_MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def _windows(
+    questions: Sequence[str], contexts: Sequence[str], tokenizer: Any, max_length: int, doc_stride: int
+) -> Any:
+    """Tokenize (question, context) pairs into overlapping context windows (a BatchEncoding).
+
+    Raises:
+        ValueError: On a slow tokenizer, inputs of different lengths, or a bad size.
+        DataError: When a question leaves no more than ``doc_stride`` tokens for the context.
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(
+            f"question answering needs a fast tokenizer (offsets), got {type(tokenizer).__name__}"
+        )
+    if len(questions) != len(contexts):
+        raise ValueError(f"{len(questions)} questions but {len(contexts)} contexts")
+    if not 0 <= doc_stride < max_length:
+        raise ValueError(f"doc_stride must be >= 0 and < max_length ({max_length}), got {doc_stride}")
+    # Some SQuAD questions start with spaces that only waste window tokens (run_qa does the same).
+    questions = [q.lstrip() for q in questions]
+    # The tokenizer fails on a question that leaves no room for the context ("Truncation
+    # error") and panics (a BaseException from Rust) when the room is not above the stride;
+    # check first and name the question instead.
+    special = tokenizer.num_special_tokens_to_add(pair=True)
+    q_lengths = [len(ids) for ids in tokenizer(questions, add_special_tokens=False)["input_ids"]]
+    longest = max(range(len(q_lengths)), key=q_lengths.__getitem__, default=None)
+    if longest is not None:
+        room = max_length - special - q_lengths[longest]
+        if room <= doc_stride:
+            raise DataError(
+                f"question {longest} has {q_lengths[longest]} tokens, which leaves {room} context tokens per "
+                f"window at max_length {max_length}; that must be more than doc_stride {doc_stride} "
+                "(raise max_length or lower doc_stride)"
+            )
+    return tokenizer(
+        questions,
+        list(contexts),
+        truncation="only_second",
+        max_length=max_length,
+        stride=doc_stride,
+        return_overflowing_tokens=True,
+        return_offsets_mapping=True,
+        padding=False,
+    )
+
+
+def _context_span(sequence_ids: list[int | None]) -> tuple[int, int] | None:
+    """First and last token index of the context (sequence 1) in one window, or None."""
+    positions = [k for k, s in enumerate(sequence_ids) if s == 1]
+    return (positions[0], positions[-1]) if positions else None
+
+
+def _answer_positions(
+    enc: Any, w: int, answer: Mapping[str, Sequence[Any]], cls_token_id: int | None
+) -> tuple[int, int]:
+    """Start and end token of the first answer in window ``w``, or the CLS index twice."""
+    input_ids = enc["input_ids"][w]
+    cls = input_ids.index(cls_token_id) if cls_token_id in input_ids else 0
+    span = _context_span(enc.sequence_ids(w))
+    if span is None:
+        return cls, cls
+    offsets = enc["offset_mapping"][w]
+    start_char = int(answer["answer_start"][0])
+    end_char = start_char + len(answer["text"][0])
+    first, last = span
+    # Label CLS unless the whole answer is inside this window's context: a window with half
+    # an answer would teach the model to predict a truncated span.
+    if offsets[first][0] > start_char or offsets[last][1] < end_char:
+        return cls, cls
+    start = first
+    while start <= last and offsets[start][0] <= start_char:
+        start += 1
+    end = last
+    while end >= first and offsets[end][1] >= end_char:
+        end -= 1
+    return start - 1, end + 1
+
+
+def prepare_train_features(
+    questions: Sequence[str],
+    contexts: Sequence[str],
+    answers: Sequence[Mapping[str, Sequence[Any]]],
+    tokenizer: Any,
+    max_length: int,
+    doc_stride: int,
+) -> dict[str, list[Any]]:
+    """Windows of each (question, context) with the first answer's token positions.
+
+    Each pair becomes one or more windows of at most ``max_length`` tokens: ``[CLS] question
+    [SEP] context part [SEP]``; neighbouring windows share ``doc_stride`` context tokens; the
+    question is never truncated. No padding (a collator pads each batch).
+
+    Args:
+        questions: Question of each example.
+        contexts: Context of each example.
+        answers: Answers of each example in the :func:`normalize_answers` layout; only the
+            first answer is used (SQuAD train has one per question).
+        tokenizer: A fast Hugging Face tokenizer.
+        max_length: Tokens per window, special tokens included.
+        doc_stride: Context tokens shared by neighbouring windows.
+
+    Returns:
+        Per window: the model inputs (``input_ids``, ``attention_mask``, ``token_type_ids``
+        when the tokenizer makes them) and ``start_positions``/``end_positions``, the first
+        and last token of the answer, or the CLS index (0 for BERT) for both when the answer
+        is not wholly inside the window's context.
+
+    Raises:
+        ValueError: On a slow tokenizer or inputs of different lengths.
+        DataError: When a question leaves no more than ``doc_stride`` context tokens.
+    """
+    if len(answers) != len(questions):
+        raise ValueError(f"{len(questions)} questions but {len(answers)} answers")
+    enc = _windows(questions, contexts, tokenizer, max_length, doc_stride)
+    out: dict[str, list[Any]] = {name: list(enc[name]) for name in _MODEL_INPUTS if name in enc}
+    out["start_positions"], out["end_positions"] = [], []
+    for w, example in enumerate(enc["overflow_to_sample_mapping"]):
+        start, end = _answer_positions(enc, w, answers[example], tokenizer.cls_token_id)
+        out["start_positions"].append(start)
+        out["end_positions"].append(end)
+    return out
+
+
+def prepare_eval_features(
+    ids: Sequence[str],
+    questions: Sequence[str],
+    contexts: Sequence[str],
+    tokenizer: Any,
+    max_length: int,
+    doc_stride: int,
+    answers: Sequence[Mapping[str, Sequence[Any]]] | None = None,
+) -> dict[str, list[Any]]:
+    """The windows of :func:`prepare_train_features`, plus what :func:`postprocess` needs.
+
+    Args:
+        ids: Id of each example.
+        questions: Question of each example.
+        contexts: Context of each example.
+        tokenizer: A fast Hugging Face tokenizer.
+        max_length: Tokens per window, special tokens included.
+        doc_stride: Context tokens shared by neighbouring windows.
+        answers: Optional answers (:func:`normalize_answers` layout); with them each window
+            also gets ``start_positions``/``end_positions`` as in training, so that the
+            Trainer can report an evaluation loss.
+
+    Returns:
+        Per window: the model inputs, ``example_id`` (the id of its example) and
+        ``offset_mapping``: for each token ``[start, end]`` character offsets into the
+        context, or None (:data:`NO_OFFSET`) for the question and special tokens, so an
+        answer can only be read from the context. With ``answers``, also the positions.
+
+    Raises:
+        ValueError: On a slow tokenizer or inputs of different lengths.
+        DataError: When a question leaves no more than ``doc_stride`` context tokens.
+    """
+    if len(ids) != len(questions):
+        raise ValueError(f"{len(ids)} ids but {len(questions)} questions")
+    if answers is not None and len(answers) != len(questions):
+        raise ValueError(f"{len(questions)} questions but {len(answers)} answers")
+    enc = _windows(questions, contexts, tokenizer, max_length, doc_stride)
+    out: dict[str, list[Any]] = {name: list(enc[name]) for name in _MODEL_INPUTS if name in enc}
+    out["example_id"], out["offset_mapping"] = [], []
+    if answers is not None:
+        out["start_positions"], out["end_positions"] = [], []
+    for w, example in enumerate(enc["overflow_to_sample_mapping"]):
+        out["example_id"].append(ids[example])
+        out["offset_mapping"].append(
+            [
+                [int(s), int(e)] if seq == 1 else NO_OFFSET
+                for (s, e), seq in zip(enc["offset_mapping"][w], enc.sequence_ids(w), strict=True)
+            ]
+        )
+        if answers is not None:
+            start, end = _answer_positions(enc, w, answers[example], tokenizer.cls_token_id)
+            out["start_positions"].append(start)
+            out["end_positions"].append(end)
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# From logits to answers
+
+
+def postprocess(
+    example_ids: Sequence[str],
+    contexts: Sequence[str],
+    features: Any,
+    start_logits: Any,
+    end_logits: Any,
+    n_best: int = 20,
+    max_answer_length: int = 30,
+) -> dict[str, str]:
+    """The best answer span of each example over all of its windows.
+
+    In each window, the ``n_best`` highest start logits and the ``n_best`` highest end logits
+    are paired; a pair is a candidate when both tokens are in the context, start <= end and
+    the span has at most ``max_answer_length`` tokens. The candidate with the highest start
+    + end logit over all windows of the example wins (the first one met on ties).
+
+    Args:
+        example_ids: Id of each example.
+        contexts: Context of each example.
+        features: ``example_id`` and ``offset_mapping`` per window, as
+            :func:`prepare_eval_features` returns them (a dict or a ``datasets.Dataset``).
+        start_logits: ``(windows, seq)`` start logits, in window order. The Trainer pads
+            ``seq`` across batches (with -100); positions past a window's length are ignored.
+        end_logits: ``(windows, seq)`` end logits.
+        n_best: Starts and ends tried per window.
+        max_answer_length: Longest answer, in tokens.
+
+    Returns:
+        Example id -> answer text (the context characters from the start token's first
+        character to the end token's last); "" when no window has a candidate.
+
+    Raises:
+        ValueError: On duplicate example ids, a window of an unknown example, or logits
+            whose row count is not the number of windows.
+    """
+    import numpy as np
+
+    starts_all = np.asarray(start_logits)
+    ends_all = np.asarray(end_logits)
+    window_examples = list(features["example_id"])
+    offsets_all = features["offset_mapping"]
+    if starts_all.shape[0] != len(window_examples) or ends_all.shape[0] != len(window_examples):
+        raise ValueError(
+            f"postprocess: {len(window_examples)} windows but logits of shape {starts_all.shape} and {ends_all.shape}"
+        )
+    position = {}
+    for i, example_id in enumerate(example_ids):
+        if example_id in position:
+            raise ValueError(f"postprocess: duplicate example id {example_id!r}")
+        position[example_id] = i
+    best: dict[str, tuple[float, str]] = {}
+    for w, example_id in enumerate(window_examples):
+        if example_id not in position:
+            raise ValueError(f"postprocess: window {w} belongs to unknown example {example_id!r}")
+        offsets = offsets_all[w]
+        n_tokens = min(len(offsets), starts_all.shape[1])
+        in_context = np.array([offsets[k] is not None for k in range(n_tokens)], dtype=bool)
+        s_logits = starts_all[w, :n_tokens]
+        e_logits = ends_all[w, :n_tokens]
+        # Highest first; a stable sort keeps the lower index first among equal logits.
+        s_idx = np.argsort(-s_logits, kind="stable")[:n_best]
+        e_idx = np.argsort(-e_logits, kind="stable")[:n_best]
+        length = e_idx[None, :] - s_idx[:, None] + 1  # tokens in span (start row, end column)
+        valid = (
+            in_context[s_idx][:, None]
+            & in_context[e_idx][None, :]
+            & (length >= 1)
+            & (length <= max_answer_length)
+        )
+        if not valid.any():
+            continue
+        scores = np.where(valid, s_logits[s_idx][:, None] + e_logits[e_idx][None, :], -np.inf)
+        flat = int(np.argmax(scores))  # first maximum in row-major order
+        si, ei = s_idx[flat // scores.shape[1]], e_idx[flat % scores.shape[1]]
+        score = float(scores.flat[flat])
+        if example_id not in best or score > best[example_id][0]:
+            context = contexts[position[example_id]]
+            best[example_id] = (score, context[offsets[si][0] : offsets[ei][1]])
+    return {example_id: best[example_id][1] if example_id in best else "" for example_id in example_ids}
+
+
+# ---------------------------------------------------------------------------------------
+# Metrics (the official SQuAD v1.1 evaluation script, as fractions)
+
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = frozenset(string.punctuation)
+
+
+def normalize_answer(s: str) -> str:
+    """Lower-case, remove ASCII punctuation, the articles a/an/the and extra whitespace.
+
+    The order and rules are those of the official SQuAD v1.1 ``evaluate-v1.1.py``.
+    """
+    s = s.lower()
+    s = "".join(ch for ch in s if ch not in _PUNCTUATION)
+    s = _ARTICLES.sub(" ", s)
+    return " ".join(s.split())
+
+
+def _f1_one(prediction: str, reference: str) -> float:
+    pred_tokens = normalize_answer(prediction).split()
+    ref_tokens = normalize_answer(reference).split()
+    common = Counter(pred_tokens) & Counter(ref_tokens)
+    n_same = sum(common.values())
+    # As in v1.1: no shared token (also when both are empty after normalization) scores 0.
+    if n_same == 0:
+        return 0.0
+    precision = n_same / len(pred_tokens)
+    recall = n_same / len(ref_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def exact_match(prediction: str, references: Sequence[str]) -> float:
+    """1.0 when the normalized prediction equals a normalized reference, else 0.0."""
+    _need_references(references)
+    return max(float(normalize_answer(prediction) == normalize_answer(r)) for r in references)
+
+
+def f1(prediction: str, references: Sequence[str]) -> float:
+    """Token-overlap F1 of the normalized prediction against the best-matching reference."""
+    _need_references(references)
+    return max(_f1_one(prediction, r) for r in references)
+
+
+def _need_references(references: Sequence[str]) -> None:
+    if isinstance(references, str) or not references:
+        raise ValueError(f"expected a non-empty list of reference answers, got {references!r}")
+
+
+def squad_metrics(
+    predictions: Mapping[str, str], references: Mapping[str, Sequence[str]]
+) -> dict[str, float]:
+    """Mean exact match and F1 over the questions of ``references``.
+
+    As in the official script, a question without a prediction scores 0 and predictions of
+    unknown ids are ignored. Unlike it, the values are fractions in [0, 1], not percent.
+
+    Args:
+        predictions: Question id -> predicted answer.
+        references: Question id -> its reference answers (at least one each).
+
+    Returns:
+        ``{"exact_match": ..., "f1": ...}``.
+
+    Raises:
+        ValueError: If ``references`` is empty or a question has no reference.
+    """
+    if not references:
+        raise ValueError("squad_metrics: no reference answers")
+    em_total = f1_total = 0.0
+    for qid, refs in references.items():
+        prediction = predictions.get(qid)
+        if prediction is None:
+            _need_references(refs)
+            continue
+        em_total += exact_match(prediction, refs)
+        f1_total += f1(prediction, refs)
+    n = len(references)
+    return {"exact_match": em_total / n, "f1": f1_total / n}

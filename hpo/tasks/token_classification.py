@@ -1,0 +1,345 @@
+"""Token classification (named-entity recognition): CoNLL files, tag sets, sub-word labels, seqeval.
+
+Pure building blocks; the task record (registry entry, data roles, Trainer) is wired elsewhere.
+
+- :func:`read_conll` reads one CoNLL-style file into one row per sentence (``tokens``, ``tags``).
+- :func:`tag_names` orders a tag set the same way every time (the label ids of the model head).
+- :func:`check_tags` compares a split's tags with the training tags.
+- :func:`encode` tokenizes pre-split words and aligns word tags to the first sub-word.
+- :func:`compute_metrics` scores entity spans with seqeval (conlleval-compatible) and tokens by
+  accuracy.
+
+Metrics are computed over the words that survive tokenization: a word truncated away by
+``max_length``, or one the tokenizer maps to no sub-word at all (a lone control character),
+has no labelled position and drops out of both the gold and the predicted sequence. With
+``max_length`` long enough for the data this is the conlleval score of the file.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from hpo.data import DataError
+
+METRICS = ("precision", "recall", "f1", "accuracy", "loss")
+"""Validation metrics of the task (entity-level precision/recall/F1, token accuracy, loss)."""
+
+IGNORE_INDEX = -100
+"""Label of positions the loss and the metrics skip (PyTorch's cross-entropy default)."""
+
+DOCSTART = "-DOCSTART-"
+"""First column of the document-separator lines of CoNLL-2003 style files; such lines are skipped."""
+
+# "B-x" or "I-x" with a non-empty type. Other prefixes (E-, S- of BIOES) are reported by
+# check_tags as not BIO, not rejected: seqeval's default mode reads them too.
+_BIO = re.compile(r"^(?P<prefix>[BI])-(?P<type>.+)$")
+
+
+# ---------------------------------------------------------------------------------------
+# Reading
+
+
+def read_conll(path: Path, shown: str) -> pd.DataFrame:
+    """Read a CoNLL-style file: one token per line, a blank line between sentences.
+
+    Each non-blank line holds columns separated by tabs (when the line has a tab) or by runs
+    of spaces; the first column is the token and the last one the tag, so both the two-column
+    WNUT layout (``token<TAB>tag``) and the four-column CoNLL-2003 layout (``token POS chunk
+    tag``) read. Every token line of a file must have the same number of columns, which
+    catches a space inside a token of a space-separated file. Lines whose first column is
+    ``-DOCSTART-`` are skipped. A byte-order mark, CRLF line ends, trailing whitespace,
+    lines of only whitespace as separators and a missing final blank line are accepted.
+
+    Args:
+        path: The file.
+        shown: How messages name the file (e.g. the path the user wrote).
+
+    Returns:
+        One row per sentence, in file order, with columns ``tokens`` (list of str) and
+        ``tags`` (list of str, same length).
+
+    Raises:
+        DataError: ``shown: line N: problem`` for a line with one column, a column count
+            that differs from the first token line, or an empty token; ``shown: problem``
+            for an unreadable, non-UTF-8, empty or sentence-less file.
+    """
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{shown}: could not read: {exc.strerror or exc}") from None
+    try:
+        # utf-8-sig: a byte-order mark is not part of the first token.
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        bad = raw[: exc.start].count(b"\n") + 1
+        raise DataError(f"{shown}: line {bad}: not UTF-8 text ({exc.reason})") from None
+    if not text.strip():
+        raise DataError(f"{shown}: file is empty")
+
+    sentences_tokens: list[list[str]] = []
+    sentences_tags: list[list[str]] = []
+    tokens: list[str] = []
+    tags: list[str] = []
+    n_columns: int | None = None  # columns of the first token line; every other must match
+    first_line = 0
+
+    def close_sentence() -> None:
+        if tokens:
+            sentences_tokens.append(tokens.copy())
+            sentences_tags.append(tags.copy())
+            tokens.clear()
+            tags.clear()
+
+    # splitlines() also splits on \r, so CRLF and old-Mac line ends count lines the same way.
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            close_sentence()
+            continue
+        fields = _fields(line)
+        if fields[0] == DOCSTART:
+            close_sentence()
+            continue
+        if len(fields) < 2:
+            raise DataError(
+                f"{shown}: line {lineno}: expected a token and a tag separated by a tab or spaces, "
+                f"got one column {_clip(line.strip())!r}"
+            )
+        if n_columns is None:
+            n_columns, first_line = len(fields), lineno
+        elif len(fields) != n_columns:
+            raise DataError(
+                f"{shown}: line {lineno}: expected {n_columns} columns like line {first_line}, "
+                f"got {len(fields)} in {_clip(line.strip())!r}"
+            )
+        if not fields[0]:
+            raise DataError(f"{shown}: line {lineno}: empty token before tag {fields[-1]!r}")
+        tokens.append(fields[0])
+        tags.append(fields[-1])
+    close_sentence()
+    if not sentences_tokens:
+        raise DataError(f"{shown}: no sentences (only blank or {DOCSTART} lines)")
+    return pd.DataFrame({"tokens": sentences_tokens, "tags": sentences_tags})
+
+
+def _fields(line: str) -> list[str]:
+    """Columns of one token line: tab-separated when it has a tab, else space-separated."""
+    line = line.rstrip()
+    if "\t" in line:
+        # Tabs keep a token that contains a space or a no-break space whole; spaces
+        # padding a column are not part of it.
+        return [f.strip(" ") for f in line.lstrip(" ").split("\t")]
+    return line.split()
+
+
+def _clip(text: str, width: int = 60) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+# ---------------------------------------------------------------------------------------
+# Tag sets
+
+
+def _tag_key(tag: str) -> tuple[int, str, int, str]:
+    """Sort key: O, then B-/I- tags by entity type (B before I), then anything else by name."""
+    if tag == "O":
+        return (0, "", 0, "")
+    m = _BIO.match(tag)
+    if m is not None:
+        return (1, m["type"], 0 if m["prefix"] == "B" else 1, "")
+    return (2, "", 0, tag)
+
+
+def tag_names(tag_lists: Iterable[Sequence[str]]) -> list[str]:
+    """The distinct tags of ``tag_lists`` in a fixed order: index = label id of the model head.
+
+    The order is ``O`` first (when present), then the ``B-``/``I-`` tags grouped by entity type
+    in alphabetical order of the type, ``B-`` before ``I-`` within a type, then any tag of
+    another shape (``E-x``, ``S-x``, ``MISC``) in alphabetical order. For WNUT-17 this is the
+    order of the Hugging Face ``wnut_17`` dataset: ``O, B-corporation, I-corporation,
+    B-creative-work, ...``. The order does not depend on where the tags occur, so the same
+    tag set always gets the same ids.
+
+    Args:
+        tag_lists: Tags of each sentence (e.g. the ``tags`` column of :func:`read_conll`).
+
+    Returns:
+        The sorted distinct tags.
+    """
+    seen: set[str] = set()
+    for tags in tag_lists:
+        seen.update(tags)
+    return sorted(seen, key=_tag_key)
+
+
+def check_tags(
+    tag_lists: Sequence[Sequence[str]], shown: str, known: Sequence[str] | None = None
+) -> list[str]:
+    """Check a split's tags: unseen tags are an error, tags that are not BIO a warning.
+
+    Args:
+        tag_lists: Tags of each sentence of the split.
+        shown: How messages name the split's file.
+        known: The training tags (:func:`tag_names` of train), or None to check shapes only
+            (e.g. for train itself).
+
+    Returns:
+        Warnings, one line per distinct tag that is neither ``O`` nor ``B-type``/``I-type``,
+        naming its first sentence and token (both counted from 1) and how often it occurs.
+        Such tags are kept: seqeval reads BIOES (``E-``, ``S-``) correctly, but it splits any
+        other tag at its first character (``MISC`` becomes prefix ``M`` and type ``ISC``), so
+        entity scores over such tags mean little.
+
+    Raises:
+        DataError: If a tag does not occur in ``known`` (the model has no output for it);
+            the message names the first such tag, where it is, and all unseen tags.
+    """
+    known_set = set(known) if known is not None else None
+    # tag -> (first sentence, first token, count)
+    bad_shape: dict[str, list[int]] = {}
+    unseen: dict[str, list[int]] = {}
+    for i, tags in enumerate(tag_lists, start=1):
+        for j, tag in enumerate(tags, start=1):
+            if tag != "O" and _BIO.match(tag) is None:
+                bad_shape.setdefault(tag, [i, j, 0])[2] += 1
+            if known_set is not None and tag not in known_set:
+                unseen.setdefault(tag, [i, j, 0])[2] += 1
+    if unseen:
+        tag, (i, j, _) = next(iter(unseen.items()))
+        total = sum(c for _, _, c in unseen.values())
+        listed = ", ".join(sorted(unseen, key=_tag_key))
+        raise DataError(
+            f"{shown}: sentence {i}, token {j}: tag {tag!r} does not occur in the training data "
+            f"({total} tokens with unseen tags: {listed})"
+        )
+    return [
+        f"{shown}: sentence {i}, token {j}: tag {tag!r} is not O, B-type or I-type ({n} tokens)"
+        for tag, (i, j, n) in sorted(bad_shape.items(), key=lambda kv: _tag_key(kv[0]))
+    ]
+
+
+# ---------------------------------------------------------------------------------------
+# Encoding
+
+
+def encode(
+    tokens_batch: list[list[str]],
+    tag_ids_batch: list[list[int]] | None,
+    tokenizer: Any,
+    max_length: int,
+) -> dict[str, list[Any]]:
+    """Tokenize pre-split sentences and label the first sub-word of each word.
+
+    The words are tokenized with ``is_split_into_words=True``, truncated to ``max_length``
+    tokens and not padded (a collator such as ``DataCollatorForTokenClassification`` pads
+    each batch, labels with -100). The first sub-word of a word gets the word's tag id; the
+    word's other sub-words and the special tokens get -100, so the loss and
+    :func:`compute_metrics` see each word once.
+
+    Args:
+        tokens_batch: Words of each sentence.
+        tag_ids_batch: Tag ids of each sentence (same lengths), or None for unlabelled text.
+        tokenizer: A fast Hugging Face tokenizer (``word_ids`` needs one).
+        max_length: Tokens per sentence after truncation, special tokens included.
+
+    Returns:
+        The tokenizer's model inputs (``input_ids``, ``attention_mask`` and, when it makes
+        them, ``token_type_ids``) and, with ``tag_ids_batch``, ``labels``; one list entry
+        per sentence.
+
+    Raises:
+        ValueError: If the tokenizer is not a fast one, or a sentence's tags do not match
+            its words in number.
+    """
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(f"encode needs a fast tokenizer (word_ids), got {type(tokenizer).__name__}")
+    if tag_ids_batch is not None and len(tag_ids_batch) != len(tokens_batch):
+        raise ValueError(f"encode: {len(tokens_batch)} sentences but {len(tag_ids_batch)} tag lists")
+    enc = tokenizer(
+        tokens_batch,
+        is_split_into_words=True,
+        truncation=True,
+        max_length=max_length,
+        padding=False,
+    )
+    out: dict[str, list[Any]] = {
+        name: list(enc[name]) for name in ("input_ids", "attention_mask", "token_type_ids") if name in enc
+    }
+    if tag_ids_batch is None:
+        return out
+    labels: list[list[int]] = []
+    for i, tag_ids in enumerate(tag_ids_batch):
+        if len(tag_ids) != len(tokens_batch[i]):
+            raise ValueError(f"encode: sentence {i} has {len(tokens_batch[i])} words but {len(tag_ids)} tags")
+        row: list[int] = []
+        previous: int | None = None
+        for word in enc.word_ids(i):
+            # None: a special token; same word as before: a continuation sub-word.
+            row.append(IGNORE_INDEX if word is None or word == previous else int(tag_ids[word]))
+            previous = word
+        labels.append(row)
+    out["labels"] = labels
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Metrics
+
+
+def compute_metrics(logits_or_ids: Any, label_ids: Any, tag_names: Sequence[str]) -> dict[str, float]:
+    """Entity-level precision, recall and F1 (seqeval, micro-averaged) and token accuracy.
+
+    Only positions whose label is not -100 count: the first sub-word of each word, as
+    :func:`encode` labels them. Entities are read from the tag sequences the way conlleval
+    reads them (seqeval's default mode: an ``I-x`` after ``O`` or after another type starts an
+    entity); an entity is correct when its type, start and end all match.
+
+    Args:
+        logits_or_ids: Logits ``(n, seq, k)`` or predicted ids ``(n, seq)``, as the Trainer
+            gives them (a tuple's first element is used). The Trainer pads ``seq`` across
+            batches; padded positions carry label -100 and are skipped.
+        label_ids: Gold tag ids ``(n, seq)`` with -100 where nothing is scored.
+        tag_names: Tag of each id (:func:`tag_names` of train).
+
+    Returns:
+        ``precision``, ``recall``, ``f1`` (0 when there is nothing to divide by) and
+        ``accuracy`` (correct labelled positions / labelled positions), all in [0, 1].
+    """
+    import warnings
+
+    import numpy as np
+    from seqeval.metrics.sequence_labeling import precision_recall_fscore_support
+
+    if isinstance(logits_or_ids, tuple):
+        logits_or_ids = logits_or_ids[0]
+    pred = np.asarray(logits_or_ids)
+    if pred.ndim == 3:
+        pred = pred.argmax(axis=-1)
+    gold = np.asarray(label_ids)
+    if pred.shape != gold.shape:
+        raise ValueError(f"compute_metrics: predictions {pred.shape} and labels {gold.shape} differ in shape")
+    mask = gold != IGNORE_INDEX
+    names = list(tag_names)
+    y_true = [[names[t] for t in g[m]] for g, m in zip(gold, mask, strict=True)]
+    y_pred = [[names[t] for t in p[m]] for p, m in zip(pred, mask, strict=True)]
+    # The micro average is the "micro avg" row of seqeval's classification_report (the
+    # conlleval overall score), without the per-type and weighted rows, which warn and give
+    # NaN when there is no entity at all. zero_division=0: 0 instead of a warning when no
+    # entity was predicted (early in training) or none is gold.
+    with warnings.catch_warnings():
+        # seqeval warns once per token whose tag is not X-type; check_tags reports those once.
+        warnings.filterwarnings("ignore", message=".*seems not to be NE tag", category=UserWarning)
+        precision, recall, f1, _ = precision_recall_fscore_support(
+            y_true, y_pred, average="micro", zero_division=0
+        )
+    n_scored = int(mask.sum())
+    return {
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
+        "accuracy": float((pred[mask] == gold[mask]).sum() / n_scored) if n_scored else 0.0,
+    }

@@ -120,3 +120,128 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     mod = sys.modules.get("hpo.objective")
     if mod is not None:
         monkeypatch.setattr(mod, "CACHE_DIR", cache)
+
+
+# ---------------------------------------------------------------------------------------
+# Tiny generative models (causal LM and seq2seq) with locally trained tokenizers
+
+TINY_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+"""SmolLM2's chat format without its default system turn."""
+
+
+def train_tiny_bpe(
+    special_tokens: list[str], vocab_size: int = 512
+):  # -> tokenizers.Tokenizer (imported lazily)
+    """A byte-level BPE trained on 300 generated reviews (no download; ~10 ms).
+
+    Byte-level, so any text (instructions, headlines) encodes, just in more tokens than with a
+    real vocabulary. Special tokens get ids 0, 1, ... in the order given.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from hpo._reviews import generate_reviews
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=special_tokens,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(generate_reviews(300, seed=0)["text"].tolist(), trainer)
+    return tok
+
+
+def save_tiny_llama(out: Path) -> Path:
+    """Save a 2-layer, 32-wide ``LlamaForCausalLM`` with a local BPE tokenizer and a chat template.
+
+    Tokens: ``<|endoftext|>`` (BOS, prepended by ``add_special_tokens``, like Llama),
+    ``<|im_start|>``, ``<|im_end|>`` (EOS, SmolLM2's end of turn), ``<|pad|>`` (PAD, distinct from
+    EOS). 4 query heads share 2 key/value heads (grouped-query attention, like SmolLM2).
+    """
+    import torch
+    from tokenizers import processors
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    raw = train_tiny_bpe(["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|pad|>"])
+    raw.post_processor = processors.TemplateProcessing(
+        single="<|endoftext|> $A", pair="<|endoftext|> $A $B", special_tokens=[("<|endoftext|>", 0)]
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=raw,
+        bos_token="<|endoftext|>",
+        eos_token="<|im_end|>",
+        pad_token="<|pad|>",
+        chat_template=TINY_CHAT_TEMPLATE,
+    )
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, 32-wide Llama with a chat template (see :func:`save_tiny_llama`)."""
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
+
+
+def save_tiny_t5(out: Path) -> Path:
+    """Save a 2+2-layer, 32-wide ``T5ForConditionalGeneration`` with a local BPE tokenizer.
+
+    Tokens as in T5: ``<pad>`` id 0 (also the decoder start token), ``</s>`` id 1 (EOS, appended
+    by ``add_special_tokens``), ``<unk>`` id 2.
+    """
+    import torch
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+
+    raw = train_tiny_bpe(["<pad>", "</s>", "<unk>"])
+    raw.post_processor = processors.TemplateProcessing(
+        single="$A </s>", pair="$A </s> $B </s>", special_tokens=[("</s>", 1)]
+    )
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=raw, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
+    )
+    config = T5Config(
+        vocab_size=len(tok),
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        decoder_start_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    T5ForConditionalGeneration(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_t5_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2+2-layer, 32-wide T5 (see :func:`save_tiny_t5`)."""
+    return save_tiny_t5(tmp_path_factory.mktemp("tiny-t5"))

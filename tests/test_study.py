@@ -65,3 +65,27 @@ def test_parallel_workers_get_different_sampler_seeds() -> None:
         study = optuna.create_study(sampler=make_sampler(spec, worker_index=worker))
         draws.append(study.ask().suggest_float("x", 0, 1))
     assert draws[0] != draws[1]
+
+
+def test_progress_and_summary_show_a_fixed_strategy(capsys: pytest.CaptureFixture[str]) -> None:
+    """A space with one strategy has no ``strategy`` parameter: the trial's attribute names it."""
+    from hpo.cli import print_summary
+    from hpo.study import ProgressPrinter
+
+    study = optuna.create_study(direction="maximize")
+    dist = optuna.distributions.FloatDistribution(1e-5, 1e-3, log=True)
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"learning_rate": 3e-4},
+            distributions={"learning_rate": dist},
+            value=0.84,
+            user_attrs={"strategy": "full"},
+        )
+    )
+    trial = study.trials[0]
+    ProgressPrinter(_spec())(study, trial)
+    line = capsys.readouterr().out
+    assert line.rstrip().endswith("| best 0.8400 (#0 full)"), line
+    print_summary(study)
+    out = capsys.readouterr().out
+    assert "\nfull " in out.split("per strategy:")[1], out

@@ -94,7 +94,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from hpo.storage import redact
+    """Optimize; exit 1 (after the summary) when no trial of this run completed or was pruned."""
+    from datetime import datetime
+
+    from hpo.compare import run_failure
+    from hpo.storage import backend_name, redact
 
     spec = _load(args)
     url = _storage(args, spec.storage)
@@ -108,6 +112,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         f"({', '.join(spec.space.strategies)}), {spec.objective.metric} ({spec.direction})",
         flush=True,
     )
+    # This run's trials are those started from now on (the study may hold earlier runs'); MySQL
+    # stores trial times truncated to the second (measured), so there whole seconds are compared.
+    started = datetime.now()
+    if backend_name(url) == "mysql":
+        started = started.replace(microsecond=0)
     if args.backend == "ray":
         from hpo.ray_backend import run_ray
 
@@ -117,6 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             address=args.address,
             n_trials=n_trials,
             timeout=timeout,
+            workers=args.workers,  # the file's execution.workers is about local worker processes
             gpus=gpus,
             trials_per_gpu=per_gpu,
         )
@@ -137,6 +147,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             timeout=timeout,
         )
     print_summary(study)
+    ours = [t for t in study.get_trials(deepcopy=False) if t.datetime_start and t.datetime_start >= started]
+    failure = run_failure(ours)
+    if failure:
+        raise UserError(failure)
     return 0
 
 

@@ -191,6 +191,31 @@ def trial_strategy(trial: Any) -> str | None:
     return None if s is None else str(s)
 
 
+def run_failure(trials: list[Any]) -> str | None:
+    """Why a run whose new trials are ``trials`` failed, or None when it did its job.
+
+    A run fails when none of its trials ended COMPLETE or PRUNED: every one FAILED (the
+    reasons are grouped, most frequent first) or none ran. A pruned trial is a normal outcome
+    (it ran and the pruner judged it), so a run of pruned trials is no error.
+    """
+    import optuna
+
+    TS = optuna.trial.TrialState
+    if any(t.state in (TS.COMPLETE, TS.PRUNED) for t in trials):
+        return None
+    failed = [t for t in trials if t.state == TS.FAIL]
+    if not failed:
+        return "no trial of this run completed: none ran"
+    reasons: dict[str, int] = {}
+    for t in failed:
+        # one line: a reason may hold a multi-line exception message (up to 1000 characters)
+        reason = " ".join(str(t.user_attrs.get("fail_reason") or "no reason recorded").split())
+        reason = reason if len(reason) <= 200 else reason[:199] + "…"
+        reasons[reason] = reasons.get(reason, 0) + 1
+    groups = "; ".join(f"{n}x {r}" for r, n in sorted(reasons.items(), key=lambda rn: (-rn[1], rn[0])))
+    return f"no trial of this run completed: {len(failed)} failed ({groups})"
+
+
 def duration_s(trial: Any) -> float | None:
     """Wall-clock seconds from start to finish, or None while running / never started."""
     d = trial.duration

@@ -9,6 +9,11 @@ the same user attributes and intermediate values to the Optuna trial as
 ``hpo.objective.make_objective`` does, so ``hpo studies``, ``compare``, ``export`` and the
 dashboard read Ray's trials like any other.
 
+Runs end like the Optuna driver's: ``--timeout`` starts no trial after the deadline and lets the
+trials in flight finish (the searcher stops suggesting); SIGINT/SIGTERM stop Ray's trials, store
+those in flight as FAIL ``interrupted (SIGINT)`` and raise KeyboardInterrupt (exit 130); at most
+``--workers`` trials run at once (default: as many as the cluster's resources fit).
+
 Differences that remain (NOTES.md): a trial that ASHA stopped is stored COMPLETE with its last
 value (Ray's searcher has no "pruned" outcome for it); it carries ``stopped_early: true`` and
 the attributes of its last evaluation, but not ``train_seconds`` and the parameter counts,
@@ -19,18 +24,23 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from hpo.config import StudySpec
 
-# Keys the define-by-run function adds to a Ray trial's config: which Optuna trial it is.
+# Keys the define-by-run function adds to a Ray trial's config: which Optuna trial it is, and
+# its strategy (a space with one strategy has no ``strategy`` parameter to read it from).
 TRIAL_ID_KEY = "_hpo_trial_id"
 TRIAL_NUMBER_KEY = "_hpo_trial_number"
+STRATEGY_KEY = "_hpo_strategy"
 # Result keys: the evaluation index, and the marker of a run that trained to its end.
 EVAL_KEY = "evaluation"
 FINAL_KEY = "hpo_final"
@@ -71,25 +81,30 @@ class _TrialRecorder:
             pass
 
 
-def _worker_state(spec: StudySpec, url: str) -> tuple[Any, Any]:
-    from hpo.objective import prepare
+def _worker_storage(url: str) -> Any:
     from hpo.storage import open_storage
+
+    if _CACHE.get("url") != url:
+        # No heartbeat: the driver's searcher owns the trial's state, Ray restarts actors.
+        _CACHE["storage"] = open_storage(url, heartbeat=False)
+        _CACHE["url"] = url
+    return _CACHE["storage"]
+
+
+def _worker_context(spec: StudySpec) -> Any:
+    from hpo.objective import prepare
     from hpo.study import _quiet_transformers
 
     key = f"{spec.path}|{spec.name}"
     if _CACHE.get("key") != key:
         from transformers.utils import logging as hf_logging
 
-        _CACHE.clear()
+        _CACHE.pop("ctx", None)
         _quiet_transformers()
         hf_logging.disable_progress_bar()
         _CACHE["ctx"] = prepare(spec, worker=f"{socket.gethostname()}:{os.getpid()}")
         _CACHE["key"] = key
-    if _CACHE.get("url") != url:
-        # No heartbeat: the driver's searcher owns the trial's state, Ray restarts actors.
-        _CACHE["storage"] = open_storage(url, heartbeat=False)
-        _CACHE["url"] = url
-    return _CACHE["ctx"], _CACHE["storage"]
+    return _CACHE["ctx"]
 
 
 def _threads_from_ray() -> int:
@@ -108,20 +123,29 @@ def trainable(config: dict[str, Any], spec: StudySpec | None = None, url: str | 
     Reports every evaluation except the last to Tune (for ASHA) and writes it to the Optuna
     trial; after the run, records the outcome on the Optuna trial and then reports the final
     evaluation with ``hpo_final`` set, so a trial that ends normally is complete in the
-    storage before the searcher closes it.
+    storage before the searcher closes it. Whatever raises (data, model, training) is stored
+    as the trial's ``fail_reason`` before the searcher stores it FAIL.
     """
+    assert spec is not None and url is not None
+    rec = _TrialRecorder(_worker_storage(url), int(config[TRIAL_ID_KEY]))
+    try:
+        _train_trial(config, spec, rec)
+    except Exception as e:
+        rec.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:1000])
+        raise
+
+
+def _train_trial(config: dict[str, Any], spec: StudySpec, rec: _TrialRecorder) -> None:
     import torch
     from ray import tune
 
     from hpo.objective import plan_steps, record_outcome, train_and_evaluate, trial_seed
     from hpo.oom import memory_baseline, train_with_oom_retry
 
-    assert spec is not None and url is not None
     torch.set_num_threads(_threads_from_ray())
-    ctx, storage = _worker_state(spec, url)
-    rec = _TrialRecorder(storage, int(config[TRIAL_ID_KEY]))
+    ctx = _worker_context(spec)
     params = {k: v for k, v in config.items() if not k.startswith("_hpo_")}
-    cfg = spec.space.fixed(str(params["strategy"]), params, spec.training)
+    cfg = spec.space.fixed(str(config[STRATEGY_KEY]), params, spec.training)
     seed = trial_seed(spec)
     metric = spec.objective.metric
     rec.set_user_attr("worker", ctx.worker)
@@ -157,18 +181,14 @@ def trainable(config: dict[str, Any], spec: StudySpec | None = None, url: str | 
         state["n_evals"] = len(plan_steps(len(ctx.datasets["train"]), c, spec)[1])
         return train_and_evaluate(ctx, c, seed, on_eval=on_eval, select=spec.objective.select)
 
-    try:
-        out = train_with_oom_retry(
-            attempt,
-            cfg,
-            device=ctx.device,
-            floor=spec.execution.min_micro_batch,
-            record=rec.set_user_attr,
-            baseline_bytes=memory_baseline(ctx.device),
-        )
-    except Exception as e:
-        rec.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:1000])
-        raise
+    out = train_with_oom_retry(
+        attempt,
+        cfg,
+        device=ctx.device,
+        floor=spec.execution.min_micro_batch,
+        record=rec.set_user_attr,
+        baseline_bytes=memory_baseline(ctx.device),
+    )
     record_outcome(rec, out)
     if state["stopped"]:
         rec.set_user_attr("stopped_early", True)
@@ -180,6 +200,108 @@ def trainable(config: dict[str, Any], spec: StudySpec | None = None, url: str | 
 
 
 # --------------------------------------------------------------------------- in the driver
+
+
+class _RunControl:
+    """When a Ray run stops asking for trials: its deadline (``--timeout``) or a signal.
+
+    Read by the searcher (no suggestion after either) and the stopper (a signal ends the run).
+    """
+
+    def __init__(self, timeout: float | None = None) -> None:
+        self.timeout = timeout
+        self.deadline: float | None = None
+        self.signum: int | None = None
+
+    def start(self) -> None:
+        """The clock of ``--timeout`` starts (when Tune starts, as the Optuna driver's loop)."""
+        self.deadline = None if self.timeout is None else time.monotonic() + self.timeout
+
+    @property
+    def signal_name(self) -> str | None:
+        return None if self.signum is None else signal.Signals(self.signum).name
+
+    def stop_suggesting(self) -> bool:
+        return self.signum is not None or (self.deadline is not None and time.monotonic() >= self.deadline)
+
+
+class _Signals:
+    """SIGINT/SIGTERM while Tune runs: the first is recorded (the stopper ends the run at Tune's
+    next step, in the main thread); a second raises KeyboardInterrupt at once.
+
+    Replaces Tune's SIGINT handler (which ends the run as if it were done, exit 0) and Ray's
+    SIGTERM handlers (exit 1 and a stack dump of Ray's core worker) until the run is over.
+    Signal handlers can only be installed from the main thread; elsewhere this does nothing.
+    """
+
+    _ENV = "TUNE_DISABLE_SIGINT_HANDLER"
+
+    def __init__(self, control: _RunControl) -> None:
+        self.control = control
+        self._old: dict[int, Any] = {}
+        self._old_env: str | None = None
+
+    def __enter__(self) -> _Signals:
+        if threading.current_thread() is threading.main_thread():
+            self._old_env = os.environ.get(self._ENV)
+            os.environ[self._ENV] = "1"
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, old in self._old.items():
+            # None: a handler not installed from Python (Ray's C++ one); the default then.
+            signal.signal(s, old if old is not None else signal.SIG_DFL)
+        if self._old:
+            if self._old_env is None:
+                os.environ.pop(self._ENV, None)
+            else:
+                os.environ[self._ENV] = self._old_env
+        self._old.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.control.signum is None:
+            self.control.signum = signum
+            return
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _signal_stopper(control: _RunControl, on_signal: Any) -> Any:
+    from ray.tune.stopper import Stopper
+
+    class StopOnSignal(Stopper):  # type: ignore[misc]
+        """Ends the whole run once a signal arrived; first calls ``on_signal`` (once)."""
+
+        def __init__(self, control: _RunControl, on_signal: Any) -> None:
+            self.control = control
+            self.on_signal = on_signal
+
+        def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+            return False
+
+        def stop_all(self) -> bool:
+            if self.control is None or self.control.signum is None:
+                return False
+            if self.on_signal is not None:
+                on_signal, self.on_signal = self.on_signal, None
+                on_signal()
+            return True
+
+        def __getstate__(self) -> dict[str, Any]:
+            # Tune pickles its stopper into the experiment folder; on_signal holds the storage.
+            return {"control": None, "on_signal": None}
+
+    return StopOnSignal(control, on_signal)
+
+
+def max_trials_at_once(resources: dict[str, float], cluster: dict[str, float]) -> int:
+    """How many trials needing ``resources`` each the cluster fits at once (at least 1)."""
+    # 1e-9: 1 GPU / (1/3) is 2.9999999999999996 in floating point
+    fits = [
+        math.floor(cluster.get(k.upper(), 0.0) / need + 1e-9) for k, need in resources.items() if need > 0
+    ]
+    return max(1, min(fits)) if fits else 1
 
 
 def _searcher_class() -> Any:
@@ -195,13 +317,26 @@ def _searcher_class() -> Any:
           reported a value before).
         - Tune pickles its searcher into the experiment folder; the storage (whose URL may hold
           a password) and the study are left out.
+        - No suggestion after the run's deadline or a signal (``control``): Tune then starts no
+          new trial and lets those in flight finish.
         """
+
+        def __init__(self, *args: Any, control: _RunControl | None = None, **kwargs: Any) -> None:
+            self._control = control
+            super().__init__(*args, **kwargs)
+
+        def suggest(self, trial_id: str) -> dict[str, Any] | None | str:  # type: ignore[override]
+            if self._control is not None and self._control.stop_suggesting():
+                return str(self.FINISHED)
+            return super().suggest(trial_id)  # type: ignore[no-any-return]
 
         def on_trial_complete(
             self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
         ) -> None:
+            if trial_id in self._completed_trials:
+                return None  # failed by fail_open (an interrupt) before Tune closed it
             ot_trial = self._ot_trials.get(trial_id)
-            if ot_trial is None or trial_id in self._completed_trials:
+            if ot_trial is None:
                 return super().on_trial_complete(trial_id, result, error)
             try:
                 if result and EVAL_KEY in result and self.metric in result:
@@ -249,6 +384,24 @@ def _searcher_class() -> Any:
         def open_trials(self) -> list[Any]:
             """Optuna trials this searcher asked for and has not closed."""
             return [t for tid, t in self._ot_trials.items() if tid not in self._completed_trials]
+
+        def fail_open(self, reason: str, not_started: str) -> list[int]:
+            """Store every open trial FAIL with ``reason``, or ``not_started`` for one whose
+            trainable never ran (it records its worker first); returns their numbers."""
+            study: Any = self._ot_study
+            numbers = []
+            for trial_id, t in list(self._ot_trials.items()):
+                if trial_id in self._completed_trials:
+                    continue
+                self._completed_trials.add(trial_id)
+                try:
+                    started = "worker" in study._storage.get_trial_user_attrs(t._trial_id)
+                    t.set_user_attr("fail_reason", reason if started else not_started)
+                    study.tell(t, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+                    numbers.append(t.number)
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    pass  # Tune closed it meanwhile
+            return numbers
 
     return HpoOptunaSearch
 
@@ -319,6 +472,7 @@ def run_ray(
     address: str | None = None,
     n_trials: int | None = None,
     timeout: float | None = None,
+    workers: int | str | None = None,
     gpus: list[int] | None = None,
     trials_per_gpu: int | None = None,
     stream: Any = None,
@@ -330,13 +484,17 @@ def run_ray(
         url: the Optuna storage every Ray worker can reach (a server database on a cluster).
         address: Ray cluster address (HOST:PORT, ``auto``); None starts or joins a local Ray.
         n_trials: Ray trials to run (default ``budget.n_trials``).
-        timeout: seconds for the whole run (Tune's time budget).
+        timeout: seconds after which no new trial starts; trials in flight finish.
+        workers: most trials at once; None or ``auto``: as many as the cluster's resources fit
+            when the run starts (never more: a trial asked for waits for no resources).
         gpus: use GPUs (Ray picks which; the list only says that GPUs are wanted).
         trials_per_gpu: trials packed on one GPU (fractional GPU per trial).
         stream: where progress lines go (default stdout).
 
     Raises:
         UserError: data, storage or settings problems (before Ray starts any trial).
+        KeyboardInterrupt: SIGINT/SIGTERM; the trials in flight are stored FAIL
+            ``interrupted (SIGINT)`` (``... before it started`` if Ray had not started them).
     """
     import optuna
 
@@ -389,7 +547,11 @@ def run_ray(
             raise UserError(f"--address {address}: cannot connect to Ray ({redact(str(e))})") from None
         started_ray = True
 
-    resources = trial_resources(spec, gpus, trials_per_gpu, ray.cluster_resources())
+    cluster = ray.cluster_resources()
+    resources = trial_resources(spec, gpus, trials_per_gpu, cluster)
+    fits = max_trials_at_once(resources, cluster)
+    at_once = fits if workers in (None, "auto") else min(int(workers), fits)
+    control = _RunControl(timeout)
     searcher = _searcher_class()(
         space=_define_by_run(spec),
         metric=spec.objective.metric,
@@ -397,6 +559,7 @@ def run_ray(
         storage=storage,
         study_name=spec.name,
         sampler=make_sampler(spec),
+        control=control,
     )
     max_t = max_evaluations(spec)
     scheduler = ASHAScheduler(
@@ -407,6 +570,16 @@ def run_ray(
         grace_period=max(1, spec.pruner.min_resource or 1),
         reduction_factor=max(2, spec.pruner.reduction_factor or 3),
     )
+
+    def on_signal() -> None:
+        name = control.signal_name
+        failed = searcher.fail_open(f"interrupted ({name})", f"interrupted ({name}) before it started")
+        print(
+            f"{name}: stopping the Ray run; trial(s) in flight stored FAIL (interrupted): {failed}",
+            file=stream,
+            flush=True,
+        )
+
     storage_path = os.environ.get(RAY_STORAGE_ENV) or str(Path(".hpo-cache", "ray").resolve())
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(trainable, spec=spec, url=url), resources),
@@ -414,7 +587,9 @@ def run_ray(
             search_alg=searcher,
             scheduler=scheduler,
             num_samples=n_trials,
-            time_budget_s=timeout,
+            # Also keeps the searcher from asking for a trial before Ray has room to start it
+            # (at most what the cluster fits): a trial is asked for when it can start.
+            max_concurrent_trials=at_once,
             # Reusing an actor waits 2 s for the previous trial's thread; a trial that ASHA
             # stopped trains on until its next evaluation, so reuse failed and Tune errored
             # the next trial (seen here). A fresh actor per trial costs its imports (~4 s).
@@ -424,29 +599,43 @@ def run_ray(
             name=f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}",
             storage_path=storage_path,
             verbose=0,
+            stop=_signal_stopper(control, on_signal),
             callbacks=[_progress_callback(spec, study, stream)],
             failure_config=tune.FailureConfig(max_failures=0),
         ),
     )
+    capped = (
+        f" (--workers {workers}; the cluster fits {fits})"
+        if workers not in (None, "auto") and int(workers) > fits
+        else ""
+    )
     print(
-        f"ray: {n_trials} trials, {resources} per trial, ASHA up to {max_t} evaluations, "
-        f"cluster {ray.cluster_resources().get('CPU', 0):g} CPU / {ray.cluster_resources().get('GPU', 0):g} GPU",
+        f"ray: {n_trials} trials, at most {at_once} trial{'s' if at_once != 1 else ''} at a time{capped}, "
+        f"{resources} per trial, ASHA up to {max_t} evaluations, "
+        f"cluster {cluster.get('CPU', 0):g} CPU / {cluster.get('GPU', 0):g} GPU"
+        + (f", no new trial after {timeout:g} s" if timeout is not None else ""),
         file=stream,
         flush=True,
     )
     try:
-        tuner.fit()
+        with _Signals(control):
+            control.start()
+            tuner.fit()
     finally:
-        # Trials Ray never closed (interrupted, driver error) must not stay RUNNING.
-        for t in searcher.open_trials():
-            try:
-                t.set_user_attr("fail_reason", "interrupted (the Ray run ended before the trial)")
-                study.tell(t, state=optuna.trial.TrialState.FAIL)
-            except Exception:
-                pass
+        # Trials Ray never closed (a second signal, a driver error) must not stay RUNNING.
+        name = control.signal_name
+        if name is not None:
+            searcher.fail_open(f"interrupted ({name})", f"interrupted ({name}) before it started")
+        else:
+            searcher.fail_open(
+                "the Ray run ended before the trial finished",
+                "not started: the Ray run ended before Ray started the trial",
+            )
         if started_ray:
             ray.shutdown()  # disconnects from a cluster; stops a Ray this call started
     storage.remove_session()
+    if control.signal_name is not None:
+        raise KeyboardInterrupt(control.signal_name)
     return optuna.load_study(study_name=spec.name, storage=storage)
 
 
@@ -455,7 +644,7 @@ def _define_by_run(spec: StudySpec) -> Any:
     space, training = spec.space, spec.training
 
     def define(trial: Any) -> dict[str, Any]:
-        space.sample(trial, training)
-        return {TRIAL_ID_KEY: trial._trial_id, TRIAL_NUMBER_KEY: trial.number}
+        cfg = space.sample(trial, training)
+        return {TRIAL_ID_KEY: trial._trial_id, TRIAL_NUMBER_KEY: trial.number, STRATEGY_KEY: cfg.strategy}
 
     return define

@@ -274,6 +274,8 @@ class ProgressPrinter:
     def __call__(self, study: Any, trial: Any) -> None:
         import optuna
 
+        from hpo.compare import trial_strategy
+
         secs = max(0.0, time.perf_counter() - self.started.pop(trial.number, time.perf_counter()))
         state = trial.state.name
         value = f" {self.metric}={trial.value:.4f}" if trial.value is not None else ""
@@ -284,7 +286,7 @@ class ProgressPrinter:
         )
         try:
             best = study.best_trial
-            best_txt = f"best {best.value:.4f} (#{best.number} {best.params.get('strategy', '')})"
+            best_txt = f"best {best.value:.4f} (#{best.number} {trial_strategy(best) or ''})"
         except ValueError:
             best_txt = "best -"
         self._p(
@@ -378,7 +380,7 @@ def list_studies(storage_url: str) -> list[dict[str, Any]]:
     """
     import optuna
 
-    from hpo.compare import open_existing_storage
+    from hpo.compare import open_existing_storage, trial_strategy
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_existing_storage(storage_url)
@@ -393,10 +395,7 @@ def list_studies(storage_url: str) -> list[dict[str, Any]]:
         if by_state["COMPLETE"]:
             try:
                 best = study.best_trial
-                best_value, best_strategy = (
-                    best.value,
-                    best.params.get("strategy", best.user_attrs.get("strategy")),
-                )
+                best_value, best_strategy = best.value, trial_strategy(best)
             except ValueError:
                 pass
         rows.append(

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
 import pytest
-from conftest import write_study
+from conftest import ROOT, write_study
 
+from hpo.cli import main
 from hpo.config import load_study
 
 ray = pytest.importorskip("ray")
@@ -21,19 +28,37 @@ OPTUNA_DRIVER_ATTRS = {
 }  # fmt: skip
 
 
+@pytest.fixture(scope="module")
+def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One local Ray (2 CPUs) for the in-process tests of this module: it takes about 4 s to start."""
+    # The tokenized-data cache of this test session (conftest._isolated_cache), for Ray's workers too.
+    cache = str(tmp_path_factory.getbasetemp() / "hpo-cache")
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        logging_level="ERROR",
+        runtime_env={"env_vars": {"HPO_CACHE_DIR": cache, "TOKENIZERS_PARALLELISM": "false"}},
+    )
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture
+def ray_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("HPO_RAY_STORAGE", str(tmp_path / "ray_results"))
+    return tmp_path / "ray_results"
+
+
 def test_two_concurrent_ray_trials_land_in_the_shared_study(
-    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, tiny_model_dir: Path, local_ray: None, ray_results: Path
 ) -> None:
     from hpo.ray_backend import run_ray
 
-    monkeypatch.setenv("HPO_RAY_STORAGE", str(tmp_path / "ray_results"))
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
     spec = load_study(write_study(tmp_path, tiny_model_dir, training={"max_train_steps": 30}))
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    try:
-        study = run_ray(spec, url, n_trials=2)
-    finally:
-        ray.shutdown()
+    study = run_ray(spec, url, n_trials=2)
 
     # The same study as the Optuna driver's: the settings stored by open_study, same name.
     stored = optuna.load_study(study_name="tiny", storage=url)
@@ -54,7 +79,7 @@ def test_two_concurrent_ray_trials_land_in_the_shared_study(
     assert a.datetime_start < b.datetime_complete and b.datetime_start < a.datetime_complete
     assert len(study.get_trials()) == 2
     # Ray's experiment folder (tuner state, searcher state, trial configs) never holds the URL.
-    written = [f for f in (tmp_path / "ray_results").rglob("*") if f.is_file()]
+    written = [f for f in ray_results.rglob("*") if f.is_file()]
     assert written and not [f for f in written if url.encode() in f.read_bytes()]
 
 
@@ -85,3 +110,189 @@ def test_searcher_marks_stopped_trials_fails_errored_ones_and_pickles_no_storage
     # Tune pickles its searcher into the experiment folder: no storage (URL, password) in it.
     blob = cloudpickle.dumps(searcher)
     assert str(tmp_path).encode() not in blob and b"sqlite" not in blob
+
+
+def test_searcher_asks_for_nothing_after_the_deadline_or_a_signal_and_fails_open_trials(
+    tmp_path: Path,
+) -> None:
+    from hpo.ray_backend import _RunControl, _searcher_class, max_trials_at_once
+    from hpo.storage import open_storage
+
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+
+    def space(trial: optuna.Trial) -> None:
+        trial.suggest_float("lr", 1e-4, 1e-2, log=True)
+
+    control = _RunControl(timeout=3600)
+    searcher = _searcher_class()(
+        space=space,
+        metric="accuracy",
+        mode="max",
+        storage=open_storage(url, heartbeat=False),
+        study_name="s",
+        control=control,
+    )
+    control.start()
+    for tid in ("ran", "waiting"):
+        assert "lr" in searcher.suggest(tid)
+    ran, _ = searcher.open_trials()
+    ran.set_user_attr("worker", "host:1")  # what the trainable records first
+    control.signum = signal.SIGINT
+    assert searcher.suggest("after") == "FINISHED"
+    assert searcher.fail_open("interrupted (SIGINT)", "interrupted (SIGINT) before it started") == [0, 1]
+    searcher.on_trial_complete("ran", {"accuracy": 0.5})  # Tune closing it later changes nothing
+    trials = optuna.load_study(study_name="s", storage=url).get_trials()
+    assert [(t.state, t.user_attrs["fail_reason"]) for t in trials] == [
+        (TS.FAIL, "interrupted (SIGINT)"),
+        (TS.FAIL, "interrupted (SIGINT) before it started"),
+    ]
+    control = _RunControl(timeout=0.0)
+    control.start()
+    assert control.stop_suggesting() and not _RunControl(None).stop_suggesting()
+    # Trials at once: what the cluster fits (fractional GPUs included), at least one.
+    assert max_trials_at_once({"cpu": 1.0}, {"CPU": 2.0}) == 2
+    assert max_trials_at_once({"cpu": 1.0, "gpu": 1 / 3}, {"CPU": 16.0, "GPU": 2.0}) == 6
+    assert max_trials_at_once({"cpu": 1.0, "gpu": 1.0}, {"CPU": 8.0}) == 1
+
+
+def test_single_strategy_space_runs_on_ray_one_trial_at_a_time_and_keeps_each_failure_reason(
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    local_ray: None,
+    ray_results: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``strategy: [lora]`` is a fixed parameter (no Optuna ``strategy`` param); a trial that
+    raises stores its own exception; ``--workers 1`` runs one Ray trial at a time."""
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    path = write_study(
+        tmp_path,
+        tiny_model_dir,
+        space={
+            "strategy": ["lora"],
+            "learning_rate": 1e-3,
+            "per_device_train_batch_size": 16,
+            # A regex over module names; no_such_module raises in the trainable (PEFT finds no
+            # module to adapt).
+            "strategies": {"lora": {"target_modules": [".*query", "no_such_module"]}},
+        },
+        # Random sampler, seed 0: no_such_module, .*query, no_such_module.
+        sampler={"name": "random", "seed": 0},
+        budget={"n_trials": 3, "max_epochs": 1, "evals_per_epoch": 1},
+        training={"max_train_steps": 4},
+    )
+    argv = ["run", str(path), "--storage", url, "--backend", "ray", "--workers", "1"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "at most 1 trial at a time" in out
+    assert "\nlora " in out.split("per strategy:")[1], out
+    trials = optuna.load_study(study_name="tiny", storage=url).get_trials()
+    assert [t.params["lora.target_modules"] for t in trials] == [
+        "no_such_module",
+        ".*query",
+        "no_such_module",
+    ]
+    assert [t.state for t in trials] == [TS.FAIL, TS.COMPLETE, TS.FAIL]
+    for t in trials:
+        assert "strategy" not in t.params and t.user_attrs["strategy"] == "lora"
+        if t.state == TS.FAIL:
+            assert t.user_attrs["fail_reason"].startswith(
+                "NoMatchingPeftModuleError: No modules were targeted"
+            )
+        else:
+            assert t.value == t.user_attrs["val_accuracy"]
+    # One at a time: each trial was asked for after the previous one finished.
+    for a, b in zip(trials, trials[1:], strict=False):
+        assert a.datetime_complete is not None and b.datetime_start is not None
+        assert b.datetime_start >= a.datetime_complete, (a.number, b.number)
+
+
+def test_ray_timeout_lets_running_trials_finish_and_a_run_that_completes_none_exits_1(
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    local_ray: None,
+    ray_results: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    path = write_study(tmp_path, tiny_model_dir, training={"max_train_steps": 20})
+    argv = ["run", str(path), "--storage", url, "--backend", "ray", "--n-trials", "4"]
+    # The local Ray fits 2 trials (2 CPUs): both are asked for at once, when Tune starts, and
+    # each takes seconds just to start its process (imports), so the deadline passes while they
+    # run. Both finish; no other starts, and none was asked for ahead, waiting for a free CPU.
+    assert main([*argv, "--timeout", "2"]) == 0
+    assert "at most 2 trials at a time" in capsys.readouterr().out
+    trials = optuna.load_study(study_name="tiny", storage=url).get_trials()
+    assert [t.state for t in trials] == [TS.COMPLETE] * 2, [
+        (t.state, t.user_attrs.get("fail_reason")) for t in trials
+    ]
+    for t in trials:
+        assert t.value == t.user_attrs["val_accuracy"] and "stopped_early" not in t.user_attrs
+    # A run whose deadline passes before its first trial: no trial of *this* run completed.
+    assert main([*argv, "--timeout", "0.001"]) == 1
+    out, err = capsys.readouterr()
+    assert "per strategy:" in out
+    assert err.strip().splitlines() == ["hpo run: error: no trial of this run completed: none ran"], err
+    assert len(optuna.load_study(study_name="tiny", storage=url).get_trials()) == 2
+
+
+def _running_ray_trial(url: str) -> bool:
+    """A trial whose Ray trainable has started (it records its worker first)."""
+    try:
+        trials = optuna.load_study(study_name="tiny", storage=url).get_trials()
+    except Exception:  # the study is not there yet
+        return False
+    return any(t.state == TS.RUNNING and "worker" in t.user_attrs for t in trials)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ray_run_interrupted_by_a_signal_fails_its_trial_in_flight_and_exits_130(
+    tmp_path: Path, tiny_model_dir: Path, sig: signal.Signals
+) -> None:
+    """Ctrl-C (SIGINT to the whole process group, as a terminal sends it) or SIGTERM to the
+    command (as a service manager sends it), once a Ray trial trains. About 17 s here."""
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    # 100,000 steps: far longer than the test waits; the signal comes mid-training.
+    path = write_study(tmp_path, tiny_model_dir, training={"max_train_steps": 100_000})
+    env = dict(os.environ, HPO_RAY_STORAGE=str(tmp_path / "ray_results"))
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "hpo",
+            "run",
+            str(path),
+            "--storage",
+            url,
+            "--backend",
+            "ray",
+            "--workers",
+            "1",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, like a command in a terminal
+    )
+    try:
+        end = time.monotonic() + 180
+        while not _running_ray_trial(url):
+            assert proc.poll() is None and time.monotonic() < end, "no Ray trial started"
+            time.sleep(0.5)
+        if sig == signal.SIGINT:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out
+    assert f"{sig.name}: stopping the Ray run" in out and "hpo run: interrupted" in out, out
+    # No Python traceback, no stack dump of Ray's core worker (absl: "*** SIGTERM received").
+    assert "Traceback" not in out and "***" not in out, out
+    trials = optuna.load_study(study_name="tiny", storage=url).get_trials()
+    assert [t.state for t in trials] == [TS.FAIL], [t.state for t in trials]
+    assert trials[0].user_attrs["fail_reason"] == f"interrupted ({sig.name})"

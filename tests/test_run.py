@@ -232,3 +232,49 @@ def test_repeated_configurations_are_not_trained(
     text = out.read_text()
     assert "repeats it (sampler.skip_repeats) and was not trained" in text
     assert f"trial: {repeats[0].user_attrs['repeat_of']}\n" in text
+
+
+def test_run_in_which_every_trial_fails_exits_1_and_names_the_reasons(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    path = write_study(
+        tmp_path,
+        tiny_model_dir,
+        space={
+            "strategy": ["lora"],
+            "learning_rate": 1e-3,
+            "per_device_train_batch_size": 16,
+            # No such module in BERT: every trial raises when it builds its model.
+            "strategies": {"lora": {"target_modules": "no_such_module"}},
+        },
+        budget={"n_trials": 2, "max_epochs": 1, "evals_per_epoch": 1},
+    )
+    for run in (1, 2):
+        assert main(["run", str(path), "--storage", url]) == 1
+        out, err = capsys.readouterr()
+        # The normal summary first (whole study), then one error line about this run only.
+        assert f"{2 * run} trials (FAIL {2 * run})" in out and "per strategy:" in out
+        assert "\nlora " in out  # the per-strategy table has the (fixed) strategy's row
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in err, err
+        assert lines[0].startswith("hpo run: error: no trial of this run completed: 2 failed (2x "), lines
+        assert "NoMatchingPeftModuleError: No modules were targeted" in lines[0]
+    assert [t.state for t in _study(url).get_trials()] == [TS.FAIL] * 4
+
+
+def test_a_run_with_pruned_but_no_complete_trial_is_not_an_error() -> None:
+    from hpo.compare import run_failure
+
+    def trial(state: optuna.trial.TrialState, reason: str = "") -> optuna.trial.FrozenTrial:
+        attrs = {"fail_reason": reason} if reason else {}
+        return optuna.trial.create_trial(
+            state=state, value=0.5 if state == TS.COMPLETE else None, user_attrs=attrs
+        )
+
+    assert run_failure([]) == "no trial of this run completed: none ran"
+    assert run_failure([trial(TS.PRUNED), trial(TS.FAIL, "x")]) is None
+    assert run_failure([trial(TS.COMPLETE)]) is None
+    assert run_failure(
+        [trial(TS.FAIL, "ValueError: b"), trial(TS.FAIL, "KeyError: 'a'"), trial(TS.FAIL, "KeyError: 'a'")]
+    ) == ("no trial of this run completed: 3 failed (2x KeyError: 'a'; 1x ValueError: b)")

@@ -89,3 +89,27 @@ def test_mismatch_advice_fits_the_command(
     assert "already exists with different settings (budget.max_epochs)" in message
     assert advice in message and str(ROOT / "studies" / "sst2-minilm.yaml") in message
     assert not_advice is None or not_advice not in message
+
+
+def test_progress_and_summary_show_a_fixed_strategy(capsys: pytest.CaptureFixture[str]) -> None:
+    """A space with one strategy has no ``strategy`` parameter: the trial's attribute names it."""
+    from hpo.cli import print_summary
+    from hpo.study import ProgressPrinter
+
+    study = optuna.create_study(direction="maximize")
+    dist = optuna.distributions.FloatDistribution(1e-5, 1e-3, log=True)
+    study.add_trial(
+        optuna.trial.create_trial(
+            params={"learning_rate": 3e-4},
+            distributions={"learning_rate": dist},
+            value=0.84,
+            user_attrs={"strategy": "full"},
+        )
+    )
+    trial = study.trials[0]
+    ProgressPrinter(_spec())(study, trial)
+    line = capsys.readouterr().out
+    assert line.rstrip().endswith("| best 0.8400 (#0 full)"), line
+    print_summary(study)
+    out = capsys.readouterr().out
+    assert "\nfull " in out.split("per strategy:")[1], out

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import socket
 import sys
 import traceback
 import typing
@@ -190,7 +191,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         n_trials=args.n_trials,
         timeout=args.timeout,
         create=False,
-        worker_index=os.getpid() % 10007,
+        worker_index=1,
+        sampler_salt=f"{socket.gethostname()}:{os.getpid()}",  # no two joining workers sample alike
+        threads=args.threads or "auto",
     )
     return 0
 
@@ -361,6 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--study-name", help="override the study's name")
     w.add_argument("--n-trials", type=_positive)
     w.add_argument("--timeout", type=_seconds, help="stop starting trials after this many seconds")
+    w.add_argument(
+        "--threads",
+        type=_positive,
+        help="torch threads (default: $OMP_NUM_THREADS, else the cores shared by this host's hpo workers)",
+    )
     w.add_argument("--set", action="append", metavar="KEY=VALUE")
     w.set_defaults(func=cmd_worker)
 

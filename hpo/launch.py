@@ -116,6 +116,51 @@ def detect_gpus(env: Mapping[str, str] | None = None) -> list[str]:
     return [line.strip() for line in res.stdout.splitlines() if line.strip().isdigit()]
 
 
+def _is_hpo_worker(cmdline: list[str]) -> bool:
+    """``hpo worker ...`` or ``python -m hpo worker ...``."""
+    for i, arg in enumerate(cmdline[:-1]):
+        if os.path.basename(arg) == "hpo":  # the module (-m hpo) or the console script
+            return cmdline[i + 1] == "worker"
+    return False
+
+
+def local_hpo_workers() -> int:
+    """``hpo worker`` processes of this user on this host that may run on this process's cores."""
+    import psutil
+
+    mine = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    uid = os.getuid()
+    n = 0
+    for proc in psutil.process_iter(["cmdline", "uids"]):
+        try:
+            uids = proc.info["uids"]
+            if uids is None or uids.real != uid or not _is_hpo_worker(proc.info["cmdline"] or []):
+                continue
+            if mine is not None and not mine & set(proc.cpu_affinity()):
+                continue  # pinned to other cores (a scheduler's CPU binding)
+            n += 1
+        except (psutil.NoSuchProcess, psutil.AccessDenied, AttributeError):
+            continue
+    return n
+
+
+def joining_worker_threads(threads: int | None = None) -> tuple[int, str]:
+    """torch intra-op threads for ``hpo worker`` and where the number comes from.
+
+    ``--threads`` if given, else ``OMP_NUM_THREADS`` (what a cluster's job script usually sets),
+    else this process's cores divided by the ``hpo worker`` processes of this user on this host
+    that share them (torch's default, every core in every worker, oversubscribes the cores as
+    soon as two workers share a machine).
+    """
+    if threads:
+        return threads, "--threads"
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env), "OMP_NUM_THREADS"
+    cores, workers = cpu_cores(), max(1, local_hpo_workers())
+    return max(1, cores // workers), f"{cores} cores shared by {workers} hpo worker(s) on this host"
+
+
 def plan_slots(
     workers: int | str | None,
     gpus: list[int] | None,
@@ -213,6 +258,11 @@ class _SignalScope:
         raise NotImplementedError
 
 
+# Why this process was told to stop when the signal alone does not say it: set by the watch on
+# a worker's parent (``_ParentWatch``) before it sends the worker SIGTERM.
+_stop_reason: str | None = None
+
+
 class _Interrupts(_SignalScope):
     """SIGINT/SIGTERM: inside a trial, interrupt it (it is stored FAIL, reason "interrupted");
     between trials, stop before the next one. Later signals only wait for that to finish.
@@ -226,6 +276,10 @@ class _Interrupts(_SignalScope):
         self.raised = False
 
     @property
+    def name(self) -> str:
+        return _stop_reason or super().name
+
+    @property
     def stopping(self) -> bool:
         return self.signum is not None
 
@@ -233,7 +287,7 @@ class _Interrupts(_SignalScope):
         self.signum = signum
         if self.in_objective and not self.raised:
             self.raised = True
-            raise KeyboardInterrupt(signal.Signals(signum).name)
+            raise KeyboardInterrupt(self.name)
 
     def note_keyboard_interrupt(self) -> None:
         """A KeyboardInterrupt not raised by our handler (no handler in this thread)."""
@@ -247,6 +301,8 @@ class _Current:
     trial_id: int | None = None
     number: int | None = None
     retry: bool = False
+    replaces: bool = False
+    """A retry of a trial that this run started (it takes that trial's place in the count)."""
 
 
 def _waiting_retries(study: Any) -> int:
@@ -267,16 +323,19 @@ def _waiting_retries(study: Any) -> int:
 _SWEEP_LOCK = threading.Lock()
 
 
-def _retries_to_run(study: Any, stopping: Callable[[], bool]) -> bool:
+def _retries_to_run(
+    study: Any, stopping: Callable[[], bool], say: Callable[[str], None] | None = None
+) -> bool:
     """Whether a worker whose budget is spent should run one more trial: a queued retry.
 
     While other trials of the study are RUNNING, wait until each has either sent a heartbeat
     since (its worker is alive: leave) or gone stale (its worker died: it is failed, its retry
     queued, and this worker runs it). So the last worker standing finishes a dead worker's
     trial instead of leaving it RUNNING until the study is run again. Costs at most one
-    heartbeat interval (+2 s) when the other workers are alive.
+    heartbeat interval (+2 s) when the other workers are alive. ``say`` gets one line per
+    trial waited for (its worker, heartbeat age, and when it is failed without one).
     """
-    from hpo.storage import heartbeat_interval_of
+    from hpo.storage import heartbeat_interval_of, running_trial_lines
 
     if _waiting_retries(study):
         return True
@@ -289,6 +348,7 @@ def _retries_to_run(study: Any, stopping: Callable[[], bool]) -> bool:
     slack = 2.0
     grace = getattr(backend, "grace_period", None) or 2 * interval
     t0 = time.monotonic()
+    announced = say is None
     while not stopping():
         ages = ages_of(study._study_id)
         waited = time.monotonic() - t0
@@ -297,6 +357,10 @@ def _retries_to_run(study: Any, stopping: Callable[[], bool]) -> bool:
             # the time the sweep lets go of the lock.
             with _SWEEP_LOCK:
                 return bool(_waiting_retries(study))
+        if not announced and say is not None:
+            announced = True
+            for line in running_trial_lines(study):
+                say(f"waiting for other workers: {line}")
         if waited > grace + 2 * interval + slack:
             return False
         if waited > interval + slack and all(age <= interval + slack for age in ages.values()):
@@ -315,20 +379,28 @@ def optimize_loop(
     timeout: float | None = None,
     callbacks: Iterable[Callable[[Any, Any], None]] = (),
     budget: Any = None,
+    first_number: int | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> int:
     """Run trials until the budget, the count or the time is spent; then run queued retries.
 
     A queued retry of a trial whose worker died is taken first (Optuna's ``ask`` pops WAITING
-    trials) and does not count as a new trial. SIGINT/SIGTERM during a trial stores it as FAIL
-    with ``fail_reason`` "interrupted (SIGTERM)"; no trial is left RUNNING.
+    trials). It counts toward ``n_trials``/``budget`` like any trial, unless the trial it
+    repeats was started by this run (number >= ``first_number``): then it replaces that trial,
+    which was counted already. SIGINT/SIGTERM during a trial stores it as FAIL with
+    ``fail_reason`` "interrupted (SIGINT)" (the signal's name); no trial is left RUNNING.
 
     Args:
         study: the Optuna study.
         objective: the trial function.
-        n_trials: new trials for this worker (None: no limit); ignored when ``budget`` is given.
+        n_trials: trials for this worker (None: no limit); ignored when ``budget`` is given.
         timeout: seconds after which no new trial starts.
         callbacks: Optuna callbacks, called after each trial.
-        budget: shared budget with ``claim() -> bool`` and ``refund()`` (local workers).
+        budget: shared budget with ``claim() -> bool``, ``refund()`` and ``first_number``
+            (local workers).
+        first_number: trials the study had when this run began (default: the budget's, else
+            the count now).
+        say: where to say what a worker with nothing left to run waits for (None: silent).
 
     Returns:
         The number of new (not retried) trials this worker ran.
@@ -337,12 +409,19 @@ def optimize_loop(
         KeyboardInterrupt: stopped by SIGINT/SIGTERM (after the trial in flight is stored).
     """
     deadline = None if timeout is None else time.monotonic() + timeout
+    if first_number is None:
+        first_number = getattr(budget, "first_number", None)
+    if first_number is None:
+        first_number = study._storage.get_n_trials(study._study_id)
     guard = _Interrupts()
     current = _Current()
 
     def wrapped(trial: Any) -> float:
         current.trial_id, current.number = trial._trial_id, trial.number
-        current.retry = "failed_trial" in trial.storage.get_trial_system_attrs(trial._trial_id)
+        attrs = trial.storage.get_trial_system_attrs(trial._trial_id)
+        current.retry = "failed_trial" in attrs
+        history = attrs.get("retry_history") or []
+        current.replaces = current.retry and bool(history) and history[-1] >= first_number
         if guard.stopping:
             trial.set_user_attr("fail_reason", f"interrupted ({guard.name}) before it started")
             raise KeyboardInterrupt(guard.name)
@@ -356,7 +435,7 @@ def optimize_loop(
         finally:
             guard.in_objective = False
 
-    fresh = 0
+    fresh = counted = 0
     _freeze_long_lived_objects()  # what the worker loaded (modules, data, base weights)
     frozen = False  # and again after the first trial (what the first trial imported)
     with guard, _StaleSweeper(study):
@@ -367,20 +446,21 @@ def optimize_loop(
                 if budget is not None:
                     claimed = bool(budget.claim())
                 else:
-                    claimed = n_trials is None or fresh < n_trials
-                if not claimed and not _retries_to_run(study, lambda: guard.stopping):
+                    claimed = n_trials is None or counted < n_trials
+                if not claimed and not _retries_to_run(study, lambda: guard.stopping, say):
                     break
                 current.trial_id = current.number = None
-                current.retry = False
+                current.retry = current.replaces = False
                 study.optimize(wrapped, n_trials=1, catch=(Exception,), callbacks=list(callbacks))
                 if not frozen:
                     _freeze_long_lived_objects()
                     frozen = True
-                if current.retry:
+                if current.replaces:
                     if claimed and budget is not None:
                         budget.refund()
                 elif current.trial_id is not None:
-                    fresh += 1
+                    counted += 1
+                    fresh += 0 if current.retry else 1
         except KeyboardInterrupt:
             guard.note_keyboard_interrupt()
             _fail_if_running(study, current.trial_id, f"interrupted ({guard.name})")
@@ -465,10 +545,17 @@ def _fail_if_running(study: Any, trial_id: int | None, reason: str) -> None:
 
 
 class Budget:
-    """Trials left for the whole run, shared by the worker processes."""
+    """Trials left for the whole run, shared by the worker processes.
 
-    def __init__(self, mp_context: Any, n: int):
+    ``first_number``: trials the study had when the run began. A retry of a trial numbered
+    below it (lost by an earlier run) counts as one of this run's trials; a retry of a later
+    one replaces a trial this run counted already. It also seeds the workers' samplers, so a
+    run is reproducible from the database it starts on.
+    """
+
+    def __init__(self, mp_context: Any, n: int, first_number: int = 0):
         self._value = mp_context.Value("i", n)
+        self.first_number = first_number
 
     def claim(self) -> bool:
         """Take one trial; False when none is left."""
@@ -493,17 +580,80 @@ class Budget:
             self._value.value = 0
 
 
-def _worker_main(spec: StudySpec, url: str, slot: Slot, budget: Budget, deadline: float | None) -> None:
-    """Entry point of one worker process (spawned)."""
+class _ParentWatch:
+    """Stops this worker when the process that started it is gone.
+
+    A worker's parent is the fork server, not ``hpo run``, and the fork server lives as long as
+    any worker holds its pipe; so when ``hpo run`` is killed (SIGKILL, the OOM killer) nothing
+    tells the workers, and they went on taking trials. This thread checks the ``hpo run``
+    process (pid and start time, so a reused pid does not count) every ``POLL_SECONDS``; when it
+    is gone it sends this process SIGTERM, recorded as ``interrupted (parent process died)``.
+    If the worker has not exited ``GIVE_UP_SECONDS`` later, it exits without cleanup (its trial
+    is then failed by the next sweep on this host, which finds the process gone).
+    """
+
+    POLL_SECONDS = 1.0
+    GIVE_UP_SECONDS = 60.0
+
+    def __init__(self, pid: int, created: float):
+        self.pid, self.created = pid, created
+
+    @staticmethod
+    def identify(pid: int) -> float:
+        """The start time of process ``pid`` (with the pid, what identifies it)."""
+        import psutil
+
+        return float(psutil.Process(pid).create_time())
+
+    def alive(self) -> bool:
+        import psutil
+
+        try:
+            proc = psutil.Process(self.pid)
+            return proc.create_time() == self.created and proc.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+        except psutil.Error:  # not allowed to look: assume it lives
+            return True
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="hpo-parent-watch", daemon=True).start()
+
+    def _run(self) -> None:
+        global _stop_reason
+        while self.alive():
+            time.sleep(self.POLL_SECONDS)
+        _stop_reason = "parent process died"
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(self.GIVE_UP_SECONDS)
+        os._exit(1)
+
+
+def _worker_main(
+    spec: StudySpec,
+    url: str,
+    slot: Slot,
+    budget: Budget,
+    deadline: float | None,
+    respawns: int = 0,
+    parent: tuple[int, float] | None = None,
+) -> None:
+    """Entry point of one worker process (spawned); ``parent``: pid and start time of ``hpo run``."""
     os.environ.update(slot.env())
+    if parent is not None:
+        _ParentWatch(*parent).start()
     code = 0
     try:
         import torch
         from transformers.utils import logging as hf_logging
 
+        from hpo import storage
+
         torch.set_num_threads(slot.threads)
         # The parent shows progress; a bar per worker would interleave with it.
         hf_logging.disable_progress_bar()
+        # The parent fails a sibling's trial when that worker dies, naming how it died.
+        storage.CHECK_LOCAL_WORKERS = False
         from hpo.study import run_worker
 
         timeout = None if deadline is None else max(0.0, deadline - time.time())
@@ -515,6 +665,8 @@ def _worker_main(spec: StudySpec, url: str, slot: Slot, budget: Budget, deadline
             create=False,
             quiet=True,
             budget=budget,
+            # A replacement must not propose what the worker it replaces proposed.
+            sampler_salt=f"respawn {respawns}" if respawns else "",
         )
     except KeyboardInterrupt:
         code = 130
@@ -820,7 +972,14 @@ def _supervise(
     import optuna
 
     from hpo.objective import prepare
-    from hpo.storage import fail_trial, open_storage, redact, sweep_stale_trials
+    from hpo.storage import (
+        fail_trial,
+        failed_trial_lines,
+        open_storage,
+        redact,
+        running_trial_lines,
+        sweep_stale_trials,
+    )
     from hpo.study import open_study
 
     ex = spec.execution
@@ -836,13 +995,11 @@ def _supervise(
     )
     # Created here, once, so that workers only ever load it (no create race).
     study = open_study(spec, storage, create=True, fingerprint=fingerprint)
-    swept = sweep_stale_trials(study)
-    if swept:
-        print(
-            f"failed {len(swept)} orphaned trial(s) of an earlier run whose worker stopped: {swept}",
-            file=stream,
-            flush=True,
-        )
+    first_number = storage.get_n_trials(study._study_id)
+    # Trials an earlier run left RUNNING: failed now if their process on this host is gone (or
+    # their heartbeat is stale); the others are said, with when they will be failed.
+    for line in failed_trial_lines(study, sweep_stale_trials(study)) + running_trial_lines(study):
+        print(line, file=stream, flush=True)
     print(
         f"{len(slots)} worker(s): "
         + ", ".join(
@@ -852,7 +1009,8 @@ def _supervise(
         flush=True,
     )
 
-    budget = Budget(mp, n_trials)
+    budget = Budget(mp, n_trials, first_number)
+    parent = (os.getpid(), _ParentWatch.identify(os.getpid()))
     deadline = None if timeout is None else time.time() + timeout
     monitor = _Monitor(study, spec, n_trials, stream)
     monitor.baseline()
@@ -865,7 +1023,7 @@ def _supervise(
         try:
             p = mp.Process(
                 target=_worker_main,
-                args=(spec, url, slot, budget, deadline),
+                args=(spec, url, slot, budget, deadline, respawns, parent),
                 name=f"hpo-worker-{slot.index}",
                 daemon=False,
             )
@@ -949,10 +1107,12 @@ def _supervise(
             monitor.event(
                 f"{name}: stopping {len(workers_by_slot)} worker(s); their trials are stored as FAIL"
             )
+            # The workers get the signal the user sent, so that their trials record it.
+            forward = signal.SIGTERM if signals.signum == signal.SIGTERM else signal.SIGINT
             for w in workers_by_slot.values():
                 if w.process.exitcode is None:
                     try:
-                        os.kill(w.process.pid, signal.SIGTERM)
+                        os.kill(w.process.pid, forward)
                     except ProcessLookupError:
                         pass
             end = time.monotonic() + STOP_WAIT_SECONDS

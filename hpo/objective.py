@@ -355,12 +355,19 @@ def find_repeat(trial: Any, tolerance: float | None) -> Any:
 
     A repeat has the same parameters, the same categorical values and every numeric value within
     ``tolerance`` of its range (``sampler.skip_repeats``); the closest one wins. Enqueued trials
-    (a user's own configurations, retries of dead workers' trials) are never repeats.
+    (a user's own configurations: system attribute ``fixed_params``) and retries of dead
+    workers' trials (``failed_trial``, queued with their parameters by ``RetryWithLink``) are
+    never repeats: their point was chosen, not sampled.
     """
     import optuna
 
+    if tolerance is None:
+        return None
     frozen = getattr(trial, "_cached_frozen_trial", None)
-    if tolerance is None or (frozen is not None and "fixed_params" in frozen.system_attrs):
+    system_attrs = (
+        frozen.system_attrs if frozen is not None else trial.storage.get_trial_system_attrs(trial._trial_id)
+    )
+    if "fixed_params" in system_attrs or "failed_trial" in system_attrs:
         return None
     params, dists = trial.params, trial.distributions
     best, best_d = None, math.inf
@@ -387,17 +394,21 @@ def make_objective(
 
     from hpo.oom import memory_baseline, train_with_oom_retry
     from hpo.pruning import optuna_reporter
-    from hpo.storage import AttrBuffer, write_user_attrs
+    from hpo.storage import HOST_ID_ATTR, AttrBuffer, local_host_id, write_user_attrs
 
     spec = ctx.spec
     metric = spec.objective.metric
     baseline = memory_baseline(ctx.device)
+    host_id = local_host_id()
 
     def objective(trial: Any) -> float:
+        import torch
+
         cfg = spec.space.sample(trial, spec.training)
         seed = trial_seed(spec)
         # One transaction for all (hpo.storage.AttrBuffer); "worker" tells a launcher which
-        # trial a worker that died was running.
+        # trial a worker that died was running, and the host id tells a sweep on this host
+        # that it may check whether that process still runs (hpo.storage.local_worker_gone).
         write_user_attrs(
             trial,
             {
@@ -406,7 +417,9 @@ def make_objective(
                 "config": json.dumps(cfg.to_dict(), sort_keys=True),
                 "seed": seed,
                 "device": ctx.device,
+                "torch_threads": torch.get_num_threads(),
             },
+            {HOST_ID_ATTR: host_id},
         )
         repeat = find_repeat(trial, spec.sampler.skip_repeats)
         if repeat is not None:

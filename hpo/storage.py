@@ -5,13 +5,17 @@ Workers are stateless; the study in the database is the state. A worker records 
 for its running trial every ``heartbeat_interval`` seconds; any worker that starts a trial
 first fails every trial of the study whose heartbeat is older than ``grace_period`` (its
 worker died) and queues a copy with the same parameters (``retry_of`` links the two), up to
-``max_retries`` times per original trial.
+``max_retries`` times per original trial. A trial whose worker ran on this host (same host
+name, boot and process namespace) and is no longer running is failed at the next sweep,
+without waiting for its heartbeat to go stale.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
+import socket
 import warnings
 from pathlib import Path
 from typing import Any
@@ -167,7 +171,9 @@ class RetryWithLink:
         history = [*trial.system_attrs.get("retry_history", []), trial.number]
         if len(history) > self.max_retry:
             return
-        system_attrs = {**trial.system_attrs, "retry_history": history}
+        # Not the dead worker's host: the retry runs wherever a worker takes it.
+        system_attrs = {k: v for k, v in trial.system_attrs.items() if k != HOST_ID_ATTR}
+        system_attrs["retry_history"] = history
         system_attrs.setdefault("failed_trial", history[0])
         study.add_trial(
             optuna.create_trial(
@@ -288,8 +294,63 @@ def heartbeat_interval_of(storage: Any) -> int | None:
     return get() if get is not None else None
 
 
+# Launch workers set this False: their parent watches its own workers and names how one died
+# (exit code, signal) before a sibling's sweep would find the process gone.
+CHECK_LOCAL_WORKERS = True
+# System attribute: the host identity (``local_host_id``) of the worker process running a trial.
+HOST_ID_ATTR = "hpo:worker_host_id"
+
+
+@functools.cache
+def local_host_id() -> str:
+    """Boot and process-namespace identity of this host, so that a pid is only ever checked in
+    the namespace it belongs to (two containers can share a host name but not their pids).
+    """
+    parts = []
+    try:
+        parts.append(Path("/proc/sys/kernel/random/boot_id").read_text().strip())
+        parts.append(str(os.stat("/proc/self/ns/pid").st_ino))
+    except OSError:  # not Linux: the host name alone
+        pass
+    return f"{socket.gethostname()}/{'/'.join(parts)}"
+
+
+def local_worker_gone(trial: Any) -> str | None:
+    """Why ``trial``'s worker process is known to be gone, or None (alive, elsewhere, unknown).
+
+    Only a worker on this host (``HOST_ID_ATTR``) is checked: its pid no longer exists, is a
+    zombie, or belongs to a process started after the trial (the pid was reused).
+    """
+    import psutil
+
+    worker = str(trial.user_attrs.get("worker", ""))
+    pid_text = worker.rpartition(":")[2]
+    if not pid_text.isdigit() or trial.system_attrs.get(HOST_ID_ATTR) != local_host_id():
+        return None
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return None
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return f"worker lost: process {worker} is no longer running (exited)"
+        created = proc.create_time()
+    except psutil.NoSuchProcess:
+        return f"worker lost: process {worker} is no longer running"
+    except psutil.AccessDenied:
+        return None  # it exists; whose it is cannot be told
+    started = trial.datetime_start
+    # 1 s: process start times are computed from the boot time, rounded to the second.
+    if started is not None and created > started.timestamp() + 1.0:
+        return f"worker lost: process {worker} is no longer running (its pid now belongs to another process)"
+    return None
+
+
 def sweep_stale_trials(study: Any) -> list[int]:
-    """Fail the study's trials whose worker stopped sending heartbeats; queue their retries.
+    """Fail the study's trials whose worker stopped; queue their retries.
+
+    A trial is failed when its heartbeat is older than the grace period, or at once when its
+    worker ran on this host and its process is gone (``local_worker_gone``).
 
     Returns:
         Numbers of the trials this call failed (another worker may have failed some first).
@@ -299,14 +360,17 @@ def sweep_stale_trials(study: Any) -> list[int]:
     storage = study._storage
     if heartbeat_interval_of(storage) is None:
         return []
-    running = {
-        t._trial_id: t.number
-        for t in storage.get_all_trials(
-            study._study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)
-        )
-    }
+    running = storage.get_all_trials(
+        study._study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)
+    )
     if not running:
         return []
+    failed = []
+    if CHECK_LOCAL_WORKERS:
+        for t in running:
+            reason = local_worker_gone(t)
+            if reason is not None and fail_trial(study, t._trial_id, reason):
+                failed.append(t.number)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
@@ -316,7 +380,54 @@ def sweep_stale_trials(study: Any) -> list[int]:
             study._study_id, deepcopy=False, states=(optuna.trial.TrialState.FAIL,)
         )
     }
-    return sorted(number for trial_id, number in running.items() if trial_id in now_failed)
+    failed += [t.number for t in running if t._trial_id in now_failed and t.number not in failed]
+    return sorted(failed)
+
+
+def failed_trial_lines(study: Any, numbers: list[int]) -> list[str]:
+    """``trial 4 failed (worker lost: ...); its retry is queued`` for each swept trial."""
+    if not numbers:
+        return []
+    import optuna
+
+    storage = study._storage
+    trials = storage.get_all_trials(study._study_id, deepcopy=False)
+    by_number = {t.number: t for t in trials}
+    queued = {t.user_attrs.get("retry_of") for t in trials if t.state == optuna.trial.TrialState.WAITING}
+    lines = []
+    for number in numbers:
+        reason = by_number[number].user_attrs.get("fail_reason", "worker lost")
+        retry = "its retry is queued" if number in queued else "not retried (execution.max_retries)"
+        lines.append(f"trial {number} failed ({reason}); {retry}")
+    return lines
+
+
+def running_trial_lines(study: Any) -> list[str]:
+    """One line per RUNNING trial of another worker: how old its heartbeat is and when it is
+    failed without one (what a worker that waits for it is waiting for).
+    """
+    import optuna
+
+    storage = study._storage
+    backend = getattr(storage, "_backend", storage)
+    ages_of = getattr(backend, "heartbeat_ages", None)
+    grace = getattr(backend, "grace_period", None)
+    if ages_of is None or grace is None:
+        return []
+    ages = ages_of(study._study_id)
+    lines = []
+    for t in storage.get_all_trials(
+        study._study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)
+    ):
+        worker = t.user_attrs.get("worker", "?")
+        if t._trial_id not in ages:
+            continue
+        age = ages[t._trial_id]
+        lines.append(
+            f"trial {t.number} of worker {worker} is RUNNING with a heartbeat {age:.0f} s old; "
+            f"it is failed if none comes within {max(0.0, grace - age):.0f} s"
+        )
+    return lines
 
 
 def fail_trial(study: Any, trial_id: int, reason: str, retry: bool = True) -> bool:
@@ -360,13 +471,14 @@ class AttrBuffer:
         self.attrs = {}
 
 
-def write_user_attrs(trial: Any, attrs: dict[str, Any]) -> None:
-    """Set several user attributes of a running Optuna trial in one transaction.
+def write_user_attrs(trial: Any, attrs: dict[str, Any], system_attrs: dict[str, Any] | None = None) -> None:
+    """Set several user (and system) attributes of a running Optuna trial in one transaction.
 
     Falls back to one ``set_user_attr`` per key on storages other than Optuna's RDB storage
     (in-memory, journal) or if Optuna's internals moved.
     """
-    if not attrs:
+    system_attrs = system_attrs or {}
+    if not attrs and not system_attrs:
         return
     backend = getattr(trial.storage, "_backend", trial.storage)  # through Optuna's cache layer
     try:
@@ -378,10 +490,15 @@ def write_user_attrs(trial: Any, attrs: dict[str, Any]) -> None:
     except (ImportError, AttributeError):
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
+        for key, value in system_attrs.items():
+            trial.storage.set_trial_system_attr(trial._trial_id, key, value)
         return
     with _create_scoped_session(scoped, True) as session:
         for key, value in attrs.items():
             set_attr(session, models.TrialUserAttributeModel, trial._trial_id, key, value)
+        for key, value in system_attrs.items():
+            set_attr(session, models.TrialSystemAttributeModel, trial._trial_id, key, value)
     cached = getattr(trial, "_cached_frozen_trial", None)
     if cached is not None:
         cached.user_attrs.update(attrs)
+        cached.system_attrs.update(system_attrs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import sys
@@ -36,12 +37,37 @@ def hyperband_brackets(spec: StudySpec) -> int:
     return max(1, min(natural, spec.budget.n_trials // (2 * rf**2)))
 
 
-def make_sampler(spec: StudySpec, worker_index: int = 0) -> Any:
-    """The study's sampler; each worker gets its own seed so parallel workers don't repeat."""
+def sampler_seed(spec: StudySpec, worker_index: int = 0, n_before: int = 0, salt: str = "") -> int:
+    """The seed of one worker's sampler.
+
+    On a study with no trials yet, worker k of a run gets ``sampler.seed + k`` (the study's
+    seed when the sampler names none), so the same study file on a fresh database proposes
+    the same trials. A sampler that starts on a study that already has ``n_before`` trials (a
+    resumed run, a respawned worker, a worker that joins later) mixes that count, the worker
+    index and ``salt`` (who the worker is) into its seed: a seeded sampler restarted with the
+    first run's seed would propose the first run's configurations again, and
+    ``sampler.skip_repeats`` would store them as repeats without training. The same database
+    resumed the same way still gives the same seeds.
+    """
+    s = spec.sampler
+    base = s.seed if s.seed is not None else spec.seed
+    if n_before == 0 and not salt:
+        return base + worker_index
+    key = f"{base}/{worker_index}/{n_before}/{salt}".encode()
+    # 32 bits: numpy's RandomState (inside Optuna's samplers) takes seeds below 2**32.
+    return int.from_bytes(hashlib.sha256(key).digest()[:4], "little")
+
+
+def make_sampler(spec: StudySpec, worker_index: int = 0, n_before: int = 0, salt: str = "") -> Any:
+    """The study's sampler for one worker; the seed comes from ``sampler_seed``.
+
+    QMC keeps ``sampler.seed + worker_index`` whatever the study holds: its position in the
+    sequence is a counter stored in the study, so a resumed run continues the sequence.
+    """
     import optuna
 
     s = spec.sampler
-    seed = (s.seed if s.seed is not None else spec.seed) + worker_index
+    seed = sampler_seed(spec, worker_index, n_before, salt)
     startup = s.n_startup_trials
     if startup is None:
         # A third of the budget explores at random before the model takes over (3..10).
@@ -55,7 +81,8 @@ def make_sampler(spec: StudySpec, worker_index: int = 0) -> Any:
     if s.name == "gp":
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
     if s.name == "qmc":
-        return optuna.samplers.QMCSampler(seed=seed, scramble=True)
+        base = s.seed if s.seed is not None else spec.seed
+        return optuna.samplers.QMCSampler(seed=base + worker_index, scramble=True)
     raise UserError(f"sampler.name: unknown sampler {s.name!r}")
 
 
@@ -122,9 +149,19 @@ def _differences(stored: dict[str, Any], current: dict[str, Any]) -> list[str]:
 
 
 def open_study(
-    spec: StudySpec, storage: Any, *, create: bool = True, fingerprint: str = "", worker_index: int = 0
+    spec: StudySpec,
+    storage: Any,
+    *,
+    create: bool = True,
+    fingerprint: str = "",
+    worker_index: int = 0,
+    n_before: int | None = None,
+    salt: str = "",
 ) -> Any:
     """Create the study or load it; refuse to mix trials from a different study file.
+
+    The study's sampler is made once the study is loaded, from how many trials it holds
+    (``n_before``, default: the count now), ``worker_index`` and ``salt`` (``sampler_seed``).
 
     Raises:
         StudyMismatchError: the stored study's settings differ from ``spec``.
@@ -142,10 +179,13 @@ def open_study(
         study_name=spec.name,
         storage=storage,
         direction=spec.direction,  # type: ignore[arg-type]
-        sampler=make_sampler(spec, worker_index),
+        sampler=optuna.samplers.RandomSampler(),  # replaced below, once the trials are known
         pruner=make_pruner(spec),
         load_if_exists=True,
     )
+    if n_before is None:
+        n_before = storage.get_n_trials(study._study_id)
+    study.sampler = make_sampler(spec, worker_index, n_before, salt)
     attrs = study.user_attrs
     stored = attrs.get("hpo_config")
     if stored is None:
@@ -289,9 +329,10 @@ class ProgressPrinter:
             best_txt = f"best {best.value:.4f} (#{best.number} {trial_strategy(best) or ''})"
         except ValueError:
             best_txt = "best -"
+        retry = f" [retry of #{trial.user_attrs['retry_of']}]" if "retry_of" in trial.user_attrs else ""
         self._p(
             f"trial {trial.number:>3} {state:<8}{value} {secs:6.1f}s  {fmt_params(trial)}"
-            f"{repeat_note(trial)}{reason}  | {best_txt}"
+            f"{retry}{repeat_note(trial)}{reason}  | {best_txt}"
         )
 
 
@@ -306,19 +347,25 @@ def run_worker(
     quiet: bool = False,
     ctx: Any = None,
     budget: Any = None,
+    sampler_salt: str = "",
+    threads: int | str | None = None,
 ) -> Any:
     """Load data once, open the study and optimize; returns the study.
 
     Data and storage problems raise before any trial starts; a trial that raises is stored
-    as FAIL with its reason and the loop goes on. Trials of dead workers (stale heartbeat) are
-    failed first and their retries run (see ``hpo.launch.optimize_loop``); ``budget`` is the
-    trial budget shared by local worker processes (``hpo.launch.Budget``).
+    as FAIL with its reason and the loop goes on. Trials of dead workers (stale heartbeat, or
+    a process on this host that is gone) are failed first and their retries run (see
+    ``hpo.launch.optimize_loop``); ``budget`` is the trial budget shared by local worker
+    processes (``hpo.launch.Budget``). ``sampler_salt`` tells this worker's sampler apart from
+    others that start on the same study (``sampler_seed``). ``threads``: torch threads, set
+    before every trial; ``"auto"`` decides each time (``hpo.launch.joining_worker_threads``);
+    None leaves torch as it is.
     """
     import optuna
 
     from hpo.launch import optimize_loop
     from hpo.objective import make_objective, prepare
-    from hpo.storage import open_storage, sweep_stale_trials
+    from hpo.storage import failed_trial_lines, open_storage, running_trial_lines, sweep_stale_trials
 
     # Failed trials are reported by ProgressPrinter with their reason; Optuna's own warning
     # would repeat it with a traceback.
@@ -335,15 +382,26 @@ def run_worker(
         max_retries=spec.execution.max_retries,
     )
     study = open_study(
-        spec, storage, create=create, fingerprint=ctx.data.fingerprint, worker_index=worker_index
+        spec,
+        storage,
+        create=create,
+        fingerprint=ctx.data.fingerprint,
+        worker_index=worker_index,
+        n_before=getattr(budget, "first_number", None),
+        salt=sampler_salt,
     )
+    first_number = storage.get_n_trials(study._study_id) if budget is None else budget.first_number
     printer = ProgressPrinter(
         spec, worker=ctx.worker if worker_index else "", stream=sys.stderr if quiet else None
     )
     objective = make_objective(ctx, on_trial_start=None if quiet else printer.eval_hook)
-    swept = sweep_stale_trials(study)
-    if swept and not quiet:
-        print(f"failed {len(swept)} orphaned trial(s) whose worker stopped: {swept}", flush=True)
+    if threads is not None:
+        objective = _with_threads(objective, threads, None if quiet else printer._p)
+    # Trials an earlier run left RUNNING: failed now if their worker stopped, else said.
+    lines = failed_trial_lines(study, sweep_stale_trials(study)) + running_trial_lines(study)
+    if not quiet:
+        for line in lines:
+            printer._p(line)
     optimize_loop(
         study,
         objective,
@@ -351,8 +409,33 @@ def run_worker(
         timeout=timeout if timeout is not None else spec.budget.timeout,
         callbacks=[] if quiet else [printer],
         budget=budget,
+        first_number=first_number,
+        say=None if quiet else printer._p,
     )
     return study
+
+
+def _with_threads(
+    objective: Callable[[Any], float], threads: int | str, say: Callable[[str], None] | None
+) -> Callable[[Any], float]:
+    """``objective`` that first sets torch's intra-op threads (``"auto"``: decided per trial)."""
+    import torch
+
+    from hpo.launch import joining_worker_threads
+
+    explicit = None if threads == "auto" else int(threads)
+    shown: list[tuple[int, str]] = []
+
+    def run(trial: Any) -> float:
+        n, why = joining_worker_threads(explicit)
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
+        if say is not None and (not shown or shown[-1][0] != n):
+            say(f"{n} torch thread{'s' if n > 1 else ''} ({why})")
+        shown[:] = [(n, why)]
+        return objective(trial)
+
+    return run
 
 
 def _quiet_transformers() -> None:

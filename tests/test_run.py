@@ -278,3 +278,38 @@ def test_a_run_with_pruned_but_no_complete_trial_is_not_an_error() -> None:
     assert run_failure(
         [trial(TS.FAIL, "ValueError: b"), trial(TS.FAIL, "KeyError: 'a'"), trial(TS.FAIL, "KeyError: 'a'")]
     ) == ("no trial of this run completed: 3 failed (2x KeyError: 'a'; 1x ValueError: b)")
+
+
+@pytest.mark.parametrize("sampler", ["random", "tpe"])
+def test_resume_proposes_new_configurations_and_fresh_runs_reproduce(
+    sampler: str, tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """Item 1 (resuming replayed the sampler): a second `hpo run` on the same database trains
+    new configurations instead of storing the first run's as repeats; the same study file on a
+    fresh database gives the same trials, the first run's and the resumed run's alike.
+    """
+    # TPE stays in its random start-up phase here (10 > 4 trials): the phase that replayed.
+    path = write_study(
+        tmp_path,
+        tiny_model_dir,
+        training={"max_train_steps": 2},
+        budget={"n_trials": 2, "max_epochs": 1, "evals_per_epoch": 1},
+        sampler={"name": sampler, "seed": 0, "n_startup_trials": 10}
+        if sampler == "tpe"
+        else {"name": sampler},
+    )
+    runs = []
+    for db in ("a.db", "b.db"):
+        url = f"sqlite:///{tmp_path / db}"
+        assert main(["run", str(path), "--storage", url]) == 0
+        assert main(["run", str(path), "--storage", url]) == 0
+        assert main(["run", str(path), "--storage", url, "--n-trials", "1"]) == 0
+        runs.append(_study(url).get_trials())
+    first, again = runs
+    assert len(first) == 5
+    assert [t.params for t in first] == [t.params for t in again]  # reproducible from a fresh database
+    for t in first:
+        assert "repeat_of" not in t.user_attrs, (t.number, t.user_attrs.get("repeat_of"), t.params)
+        assert t.intermediate_values and "train_seconds" in t.user_attrs
+    # The learning rate is continuous: every trial is a new point.
+    assert len({t.params["learning_rate"] for t in first}) == 5

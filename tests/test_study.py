@@ -113,3 +113,24 @@ def test_progress_and_summary_show_a_fixed_strategy(capsys: pytest.CaptureFixtur
     print_summary(study)
     out = capsys.readouterr().out
     assert "\nfull " in out.split("per strategy:")[1], out
+
+
+def test_samplers_that_start_on_a_study_with_trials_do_not_replay_the_first_run() -> None:
+    """A resumed run, a replacement worker and a joining worker each draw new points; the same
+    starting state draws the same ones (item 1 of the correctness issue).
+    """
+    spec = _spec(**{"sampler.name": "random"})
+
+    def first_draw(**kw: object) -> float:
+        study = optuna.create_study(sampler=make_sampler(spec, **kw))  # type: ignore[arg-type]
+        return study.ask().suggest_float("x", 0, 1)
+
+    fresh = first_draw(worker_index=1)
+    later = [
+        first_draw(worker_index=1, n_before=5),  # the same worker of a resumed run
+        first_draw(worker_index=2, n_before=5),  # another worker of that run
+        first_draw(worker_index=1, n_before=5, salt="respawn 1"),  # its replacement
+        first_draw(worker_index=1, salt="node7:5121"),  # an `hpo worker` joining a fresh study
+    ]
+    assert len({fresh, *later}) == 5
+    assert first_draw(worker_index=1) == fresh and first_draw(worker_index=1, n_before=5) == later[0]

@@ -280,7 +280,10 @@ def test_sigkilled_joining_worker_trial_fails_within_grace_and_retry_finishes(
     trials = _trials(url)
     _assert_accounted(trials)
     failed = trials[victim.number]
-    assert failed.user_attrs["fail_reason"].startswith("worker lost: no heartbeat")
+    # Both workers run on this host: the survivor sees the process gone before the heartbeat
+    # goes stale (a worker on another machine is failed by its heartbeat: test_storage.py).
+    gone = f"worker lost: process {victim.user_attrs['worker']} is no longer running"
+    assert failed.user_attrs["fail_reason"].startswith(gone), failed.user_attrs["fail_reason"]
     retries = [t for t in trials if t.user_attrs.get("retry_of") == victim.number]
     assert len(retries) == 1 and retries[0].state == TS.COMPLETE
     assert retries[0].params == failed.params
@@ -312,3 +315,239 @@ def test_worker_with_a_different_study_file_is_refused(
     missing = _study_file(other_dir, tiny_model_dir, steps=2, name="nope")
     assert main(["worker", str(missing), "--storage", url]) == 1
     assert "study 'nope' not found" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- crashes and resumes
+
+
+def _long_study_file(tmp_path: Path, model_dir: Path, **over: Any) -> Path:
+    """Trials of 120 steps (5-15 s here; ``_study_file``'s 64 rows stop at 4 steps), so that
+    a trial caught at its start is still training when the test signals or kills its worker.
+    """
+    over.setdefault(
+        "data", {"source": "builtin:reviews", "train_limit": 1000, "validation_limit": 32, "max_length": 32}
+    )
+    over.setdefault("budget", {"n_trials": 3, "max_epochs": 2, "evals_per_epoch": 1})
+    return _study_file(tmp_path, model_dir, steps=120, **over)
+
+
+def _kill_a_run_mid_trial(url: str, path: Path) -> optuna.trial.FrozenTrial:
+    """Start `hpo run` (one worker), SIGKILL it while a trial trains; the trial stays RUNNING."""
+    proc = _hpo("run", str(path), "--storage", url)
+    try:
+        victim = _wait_for(lambda: _running_trial_of_a_worker(url), 150, "a running trial")
+        assert _pid(victim) == proc.pid
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert _trials(url)[victim.number].state == TS.RUNNING
+    return victim
+
+
+def test_retry_of_a_killed_trial_trains_and_counts_toward_n_trials(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    """Item 2 (retries did not train; a resume after a crash ran more trials than asked).
+
+    A retry is never a repeat (sampler.skip_repeats), even beside a trained trial with the same
+    parameters; and `hpo run --n-trials 1` after a crash runs the retry as its one trial.
+    """
+    from hpo.objective import find_repeat
+    from hpo.storage import RetryWithLink
+
+    study = optuna.create_study(direction="maximize")
+    dist = {"learning_rate": optuna.distributions.FloatDistribution(1e-4, 1e-3, log=True)}
+    study.add_trial(optuna.create_trial(params={"learning_rate": 5e-4}, distributions=dist, value=0.8))
+    study.add_trial(optuna.create_trial(state=TS.FAIL, params={"learning_rate": 5e-4}, distributions=dist))
+    RetryWithLink(1)(study, study.trials[1])
+    retry = study.ask()
+    retry.suggest_float("learning_rate", 1e-4, 1e-3, log=True)
+    assert retry.number == 2 and retry.params == {"learning_rate": 5e-4}
+    assert find_repeat(retry, 0.01) is None
+
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    path = _long_study_file(
+        tmp_path,
+        tiny_model_dir,
+        sampler={"name": "random", "skip_repeats": 0.01},
+        # Stale 2 s after the kill, so the next run fails the trial by its heartbeat alone.
+        execution={"heartbeat_interval": 1, "grace_period": 2},
+    )
+    victim = _kill_a_run_mid_trial(url, path)
+    before = len(_trials(url))
+    assert main(["run", str(path), "--storage", url, "--n-trials", "1"]) == 0
+    trials = _trials(url)
+    _assert_accounted(trials)
+    assert trials[victim.number].state == TS.FAIL
+    # The rule (README, "Workers that die"): a queued retry of a trial an earlier run lost is
+    # one of this run's trials.
+    assert len(trials) == before + 1
+    rerun = trials[-1]
+    assert rerun.user_attrs["retry_of"] == victim.number and rerun.params == victim.params
+    assert rerun.state == TS.COMPLETE and "repeat_of" not in rerun.user_attrs
+    assert rerun.intermediate_values and rerun.user_attrs["train_seconds"] > 0
+
+
+def test_trial_of_a_dead_local_worker_is_failed_at_once_and_a_wait_is_announced(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Item 7 (recovery after a crash waited in silence for the grace period).
+
+    With SQLite's defaults (heartbeat 60 s, grace 180 s) a trial whose worker process on this
+    host is gone is failed when the next run starts, with the reason, and its retry runs. A
+    RUNNING trial of a worker elsewhere is waited for, and the run says so.
+    """
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    path = _long_study_file(tmp_path, tiny_model_dir)
+    victim = _kill_a_run_mid_trial(url, path)
+    t0 = time.monotonic()
+    proc = _hpo("run", str(path), "--storage", url, "--n-trials", "1")
+    try:
+        out, _ = proc.communicate(timeout=90)  # the grace period is 180 s
+    finally:
+        proc.kill()
+    took = time.monotonic() - t0
+    print(f"resumed run took {took:.1f} s")
+    assert proc.returncode == 0, out
+    trials = _trials(url)
+    _assert_accounted(trials)
+    failed = trials[victim.number]
+    reason = failed.user_attrs["fail_reason"]
+    assert victim.user_attrs["worker"] in reason and "no longer running" in reason, reason
+    assert reason in out, out
+    retries = [t for t in trials if t.user_attrs.get("retry_of") == victim.number]
+    assert len(retries) == 1 and retries[0].state == TS.COMPLETE
+
+    # A worker on another host: its trial is waited for, with one line saying what for.
+    from hpo.config import load_study
+    from hpo.storage import open_storage
+    from hpo.study import open_study
+
+    other = tmp_path / "other"
+    other.mkdir()
+    path2 = _study_file(
+        other, tiny_model_dir, steps=2, name="away", execution={"heartbeat_interval": 1, "grace_period": 6}
+    )
+    storage = open_storage(url, heartbeat_interval=1, grace_period=6)
+    study = open_study(load_study(path2), storage)
+    away = study.ask()
+    away.suggest_categorical("strategy", ["full", "lora"])
+    away.set_user_attr("worker", "elsewhere:4242")
+    storage.record_heartbeat(away._trial_id)
+    capsys.readouterr()
+    assert main(["run", str(path2), "--storage", url, "--n-trials", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "trial 0 of worker elsewhere:4242 is RUNNING with a heartbeat" in out, out
+    assert "it is failed if none comes within" in out, out
+    away_trials = _trials(url, "away")
+    assert away_trials[0].state == TS.FAIL
+    assert away_trials[0].user_attrs["fail_reason"].startswith("worker lost: no heartbeat")
+
+
+def _descendants(pid: int) -> list[int]:
+    import psutil
+
+    return [p.pid for p in psutil.Process(pid).children(recursive=True)]
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_killing_the_parent_stops_its_workers_and_fork_server(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Item 6 (killing the parent left orphans that went on starting trials)."""
+    import datetime
+
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    path = _long_study_file(tmp_path, tiny_model_dir)
+    proc = _hpo("run", str(path), "--storage", url, "--workers", "2", "--n-trials", "40")
+    try:
+        victim = _wait_for(lambda: _running_trial_of_a_worker(url), 150, "a running trial")
+        children = _descendants(proc.pid)
+        assert _pid(victim) in children
+        os.kill(proc.pid, signal.SIGKILL)
+        killed_at = datetime.datetime.now()
+        proc.communicate(timeout=30)
+        t_kill = time.monotonic()
+        _wait_for(
+            lambda: not any(_alive(p) for p in children), 60, "the workers and fork server to exit", 0.2
+        )
+        print(f"every child of the killed parent gone {time.monotonic() - t_kill:.1f} s after SIGKILL")
+    finally:
+        proc.kill()
+        for p in _descendants(os.getpid()):
+            if p in children:
+                os.kill(p, signal.SIGKILL)
+    trials = _trials(url)
+    _assert_accounted(trials)  # nothing left RUNNING
+    assert len(trials) < 40
+    stopped = [t for t in trials if t.state == TS.FAIL]
+    assert victim.number in [t.number for t in stopped]
+    assert all(t.user_attrs["fail_reason"].startswith("interrupted (parent process died)") for t in stopped)
+    # The workers notice within a second or two; no trial starts after that.
+    late = [t.number for t in trials if t.datetime_start > killed_at + datetime.timedelta(seconds=3)]
+    assert not late, late
+
+
+def test_ctrl_c_with_several_workers_records_sigint(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """Item 9: SIGINT to `hpo run --workers 2` is recorded as SIGINT on the interrupted trials."""
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    path = _long_study_file(tmp_path, tiny_model_dir)
+    proc = _hpo("run", str(path), "--storage", url, "--workers", "2", "--n-trials", "40")
+    try:
+        victim = _wait_for(lambda: _running_trial_of_a_worker(url), 150, "a running trial")
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=90)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out
+    assert "SIGINT: stopping" in out, out
+    trials = _trials(url)
+    _assert_accounted(trials)
+    interrupted = [t for t in trials if t.state == TS.FAIL]
+    assert victim.number in [t.number for t in interrupted]
+    reasons = [t.user_attrs["fail_reason"] for t in interrupted]
+    # "interrupted (SIGINT) before it started" for a trial asked for as the signal came
+    assert all(r.startswith("interrupted (SIGINT)") for r in reasons), reasons
+
+
+def test_hpo_worker_splits_the_cores_between_the_workers_of_this_host(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Item 8: `hpo worker` takes --threads, else OMP_NUM_THREADS, else its share of the cores;
+    the number reaches torch (each trial records torch_threads).
+    """
+    from hpo.config import load_study
+    from hpo.launch import cpu_cores, joining_worker_threads
+    from hpo.objective import prepare
+    from hpo.storage import open_storage
+    from hpo.study import open_study
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert joining_worker_threads(3) == (3, "--threads")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert joining_worker_threads(None) == (2, "OMP_NUM_THREADS")
+    monkeypatch.delenv("OMP_NUM_THREADS")
+
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    path = _study_file(tmp_path, tiny_model_dir, steps=4)
+    spec = load_study(path)
+    open_study(spec, open_storage(url), fingerprint=prepare(spec).data.fingerprint)
+    workers = [_hpo("worker", str(path), "--storage", url, "--n-trials", "1") for _ in range(2)]
+    try:
+        outs = [w.communicate(timeout=120)[0] for w in workers]
+    finally:
+        for w in workers:
+            w.kill()
+    assert [w.returncode for w in workers] == [0, 0], outs
+    trials = _trials(url)
+    assert len(trials) == 2 and all(t.state == TS.COMPLETE for t in trials)
+    share = max(1, cpu_cores() // 2)
+    assert [t.user_attrs["torch_threads"] for t in trials] == [share, share]
+    assert all(f"{share} torch thread" in out for out in outs), outs

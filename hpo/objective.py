@@ -24,6 +24,7 @@ from typing import Any
 
 from hpo.config import StudySpec
 from hpo.data import LoadedData, load_data, tokenize
+from hpo.models import ensure_local_model
 from hpo.space import TrialConfig
 from hpo.strategies import count_parameters, get_strategy
 from hpo.tasks import get_task
@@ -78,6 +79,7 @@ def prepare(spec: StudySpec, need_test: bool = False, worker: str | None = None)
     # Progress bars for a few hundred cached rows are noise in a trial log.
     datasets.disable_progress_bars()
     data = load_data(spec.data, need_test=need_test)
+    ensure_local_model(spec.model_path)  # a GGUF alias (smollm2) is converted into the cache once
     tokenizer = AutoTokenizer.from_pretrained(spec.model_path)
     splits = (
         ("train", "validation", "test") if need_test and data.test is not None else ("train", "validation")

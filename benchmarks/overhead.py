@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     import optuna
 
     from hpo.config import load_study
-    from hpo.launch import launch
+    from hpo.drivers.local import launch
     from hpo.storage import open_storage, redact
 
     drop = None

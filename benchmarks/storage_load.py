@@ -44,7 +44,7 @@ RESULTS = ROOT / "benchmarks" / "results" / "storage_load.json"
 def _worker(url: str, study_name: str, budget: Any, ready: Any, go: Any, out: Any, index: int) -> None:
     import optuna
 
-    from hpo.launch import optimize_loop
+    from hpo.drivers.loop import optimize_loop
     from hpo.storage import open_storage
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -102,7 +102,7 @@ def run_one(server: str, n_workers: int, per_worker: int) -> dict[str, Any]:
     """One measurement: ``n_workers`` processes, ``n_workers * per_worker`` trials in all."""
     import optuna
 
-    from hpo.launch import Budget
+    from hpo.drivers.local import Budget
     from hpo.storage import open_storage
 
     url, db = _create_database(server)

@@ -98,7 +98,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Optimize; exit 1 (after the summary) when no trial of this run completed or was pruned."""
     from datetime import datetime
 
-    from hpo.compare import run_failure
+    from hpo.display import print_summary
+    from hpo.results import run_failure
     from hpo.storage import backend_name, redact
 
     spec = _load(args)
@@ -119,7 +120,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if backend_name(url) == "mysql":
         started = started.replace(microsecond=0)
     if args.backend == "ray":
-        from hpo.ray_backend import run_ray
+        from hpo.drivers.ray import run_ray
 
         study = run_ray(
             spec,
@@ -132,11 +133,11 @@ def cmd_run(args: argparse.Namespace) -> int:
             trials_per_gpu=per_gpu,
         )
     elif workers == 1 and not gpus:
-        from hpo.study import run_worker
+        from hpo.drivers.worker import run_worker
 
         study = run_worker(spec, url, n_trials=n_trials, timeout=timeout)
     else:
-        from hpo.launch import launch
+        from hpo.drivers.local import launch
 
         study = launch(
             spec,
@@ -155,33 +156,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_summary(study: Any) -> None:
-    """Best trial and a per-strategy table, after a run."""
-    from hpo.compare import best_trial
-    from hpo.study import fmt_params, format_table, strategy_summary
-
-    trials = study.get_trials(deepcopy=False)
-    counts: dict[str, int] = {}
-    for t in trials:
-        counts[t.state.name] = counts.get(t.state.name, 0) + 1
-    print(
-        f"\nstudy {study.study_name!r}: {len(trials)} trials ({', '.join(f'{k} {v}' for k, v in sorted(counts.items()))})"
-    )
-    best = best_trial(study)  # stopped-early (Ray ASHA) trials never count as best
-    if best is not None:
-        metric = study.user_attrs.get("metric", "value")
-        print(f"best: trial {best.number} {metric}={best.value:.4f}  {fmt_params(best)}")
-    print("\nper strategy:")
-    print(
-        format_table(
-            strategy_summary(study),
-            ["strategy", "trials", "complete", "pruned", "fail", "best_value", "best_trial", "best_params"],
-        )
-    )
-
-
 def cmd_worker(args: argparse.Namespace) -> int:
-    from hpo.study import run_worker
+    from hpo.drivers.worker import run_worker
 
     spec = _load(args)
     url = _storage(args, spec.storage)
@@ -199,7 +175,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
 
 def cmd_studies(args: argparse.Namespace) -> int:
-    from hpo.study import format_table, list_studies
+    from hpo.compare import list_studies
+    from hpo.display import format_table
 
     rows = list_studies(_storage(args))
     print(format_table(rows) if rows else "no studies")

@@ -59,7 +59,7 @@ def make_app(storage_url: str) -> Any:
     """
     from optuna_dashboard import wsgi
 
-    from hpo.compare import open_existing_storage
+    from hpo.storage import open_existing_storage
 
     return wsgi(open_existing_storage(storage_url))
 

@@ -480,8 +480,8 @@ def trial_training_config(study: Any, trial: Any) -> dict[str, Any]:
 def retrain_dict(study: Any, trial: Any, storage_url: str) -> dict[str, Any]:
     """The retraining spec of one trial, as plain data in file order."""
     from hpo import __version__
-    from hpo.compare import is_stopped_early
     from hpo.models import resolve_model
+    from hpo.results import is_stopped_early
     from hpo.storage import redact
     from hpo.tasks import TASKS
 
@@ -580,7 +580,7 @@ def pick_trial(study: Any, trial_number: int | None) -> Any:
     """
     import optuna
 
-    from hpo.compare import best_trial, is_full_complete
+    from hpo.results import best_trial, is_full_complete
 
     trials = study.get_trials(deepcopy=False)
     complete = [t.number for t in trials if is_full_complete(t)]
@@ -623,7 +623,8 @@ def export_trial(storage_url: str, name: str, out_path: Path, trial_number: int 
             not validate on this machine (the file is written all the same, to be fixed by hand).
     """
     from hpo._yaml import dump_yaml
-    from hpo.compare import is_stopped_early, load_one
+    from hpo.results import is_stopped_early
+    from hpo.study import load_one
 
     study = load_one(storage_url, name)
     trial = pick_trial(study, trial_number)

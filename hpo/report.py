@@ -53,7 +53,7 @@ def _metric(study: Any) -> str:
 
 
 def _state(trial: Any) -> str:
-    from hpo.compare import is_stopped_early
+    from hpo.results import is_stopped_early
 
     return "STOPPED" if is_stopped_early(trial) else trial.state.name
 
@@ -62,7 +62,7 @@ def history_data(study: Any) -> list[tuple[int, float, float]]:
     """(trial number, value, best so far) of every COMPLETE trial with a finite value."""
     import optuna
 
-    from hpo.compare import maximizes
+    from hpo.results import maximizes
 
     maximize = maximizes(study)
     out: list[tuple[int, float, float]] = []
@@ -141,7 +141,7 @@ def importance_data(study: Any) -> dict[str, float]:
 
 def strategy_data(study: Any) -> list[dict[str, Any]]:
     """Best value, best trial and trial count of every strategy with a complete trial."""
-    from hpo.compare import strategy_rows
+    from hpo.results import strategy_rows
 
     rows = [r for r in strategy_rows(study) if r["best_value"] is not None]
     if not rows:
@@ -151,7 +151,7 @@ def strategy_data(study: Any) -> list[dict[str, Any]]:
 
 def best_metrics_data(study: Any) -> tuple[Any, dict[str, float]]:
     """The best trial and its validation accuracy, precision, recall and F1."""
-    from hpo.compare import best_trial
+    from hpo.results import best_trial
 
     best = best_trial(study)
     if best is None:
@@ -306,7 +306,7 @@ def _plots(study: Any) -> list[_Plot]:
         ).update_layout(title=f"{name}: best {metric} per strategy", xaxis_title=f"best validation {metric}")
 
     def metrics_title(best: Any) -> str:
-        from hpo.study import fmt_params
+        from hpo.results import fmt_params
 
         return f"{name}: best trial #{best.number} ({fmt_params(best)})"
 
@@ -342,7 +342,8 @@ def _plots(study: Any) -> list[_Plot]:
 
 
 def _index_html(study: Any, written: list[tuple[_Plot, Path, Path]], skipped: list[str]) -> str:
-    from hpo.compare import render, strategy_rows, study_row
+    from hpo.compare import render
+    from hpo.results import strategy_rows, study_row
 
     e = html.escape
     parts = [
@@ -383,7 +384,7 @@ def write_report(storage_url: str, name: str, out_dir: Path) -> Report:
     Raises:
         UserError: unknown study, or the folder cannot be written.
     """
-    from hpo.compare import load_one
+    from hpo.study import load_one
 
     study = load_one(storage_url, name)
     try:

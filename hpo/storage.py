@@ -502,3 +502,27 @@ def write_user_attrs(trial: Any, attrs: dict[str, Any], system_attrs: dict[str, 
     if cached is not None:
         cached.user_attrs.update(attrs)
         cached.system_attrs.update(system_attrs)
+
+
+def open_existing_storage(url: str) -> Any:
+    """Open a storage that must already exist (reading commands never create a database).
+
+    Raises:
+        UserError: a SQLite file that does not exist, or an unreachable database.
+    """
+    import warnings
+
+    from optuna.exceptions import ExperimentalWarning
+
+    from hpo.storage import is_sqlite, open_storage, redact, sqlite_path
+
+    if is_sqlite(url):
+        db = sqlite_path(url)  # a malformed URL is an error here, before anything is created
+        if db != ":memory:" and not Path(db).is_file():
+            raise UserError(
+                f"storage {redact(url)}: no database at {db} (run a study first, or pass --storage)"
+            )
+    # Heartbeats are an experimental Optuna feature; a reader never uses them, so say nothing.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        return open_storage(url, heartbeat=False)

@@ -6,8 +6,6 @@ import hashlib
 import json
 import math
 import sys
-import time
-from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -231,268 +229,34 @@ def open_study(
     return study
 
 
-def repeat_note(trial: Any) -> str:
-    """`` [repeat of #N, not trained]`` for a trial that sampler.skip_repeats did not train."""
-    n = trial.user_attrs.get("repeat_of")
-    return "" if n is None else f" [repeat of #{n}, not trained]"
+def study_names(storage: Any) -> list[str]:
+    """Names of every study in the storage, sorted."""
+    return sorted(s.study_name for s in storage.get_all_studies())
 
 
-def fmt_params(trial: Any) -> str:
-    """``lora r=8 lr=3.1e-04 bs=16`` for display."""
-    params = dict(trial.params)
-    strategy = params.pop("strategy", trial.user_attrs.get("strategy", "?"))
-    short = {"learning_rate": "lr", "per_device_train_batch_size": "bs"}
-    parts = []
-    for k, v in params.items():
-        name = k.split(".", 1)[1] if "." in k else k
-        name = short.get(name, name)
-        parts.append(
-            f"{name}={v:.2e}"
-            if isinstance(v, float) and (abs(v) < 1e-2)
-            else f"{name}={v:.3g}"
-            if isinstance(v, float)
-            else f"{name}={v}"
-        )
-    return f"{strategy} " + " ".join(parts)
-
-
-def strategy_summary(study: Any) -> list[dict[str, Any]]:
-    """Per strategy: trials by state, best value and the best trial's number and parameters.
-
-    The rules (stopped-early trials, best trial) live in :mod:`hpo.compare`, shared with
-    ``hpo compare``.
-    """
-    from hpo.compare import strategy_rows
-
-    return strategy_rows(study)
-
-
-def format_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> str:
-    """A plain fixed-width table."""
-    if not rows:
-        return "(no rows)"
-    columns = columns or list(rows[0])
-
-    def cell(v: Any) -> str:
-        if v is None:
-            return "-"
-        if isinstance(v, float):
-            return f"{v:.4f}"
-        return str(v)
-
-    widths = {c: max(len(c), *(len(cell(r.get(c))) for r in rows)) for c in columns}
-    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
-    lines += ["  ".join(cell(r.get(c)).ljust(widths[c]) for c in columns) for r in rows]
-    return "\n".join(line.rstrip() for line in lines)
-
-
-class ProgressPrinter:
-    """Prints one line per evaluation and per finished trial, with the study's best so far."""
-
-    def __init__(self, spec: StudySpec, worker: str = "", stream: Any = None):
-        self.metric = spec.objective.metric
-        self.worker = worker
-        self.stream = stream or sys.stdout
-        self.n_evals = max_evaluations(spec)
-        self.started: dict[int, float] = {}
-
-    def _p(self, text: str) -> None:
-        prefix = f"[{self.worker}] " if self.worker else ""
-        print(prefix + text, file=self.stream, flush=True)
-
-    def eval_hook(self, trial: Any) -> Callable[[int, dict[str, float]], None]:
-        self.started.setdefault(trial.number, time.perf_counter())
-
-        def hook(index: int, metrics: dict[str, float]) -> None:
-            bar = "#" * index + "." * max(0, self.n_evals - index)
-            self._p(
-                f"trial {trial.number:>3} [{bar}] eval {index}/{self.n_evals} {self.metric}={metrics.get(self.metric, float('nan')):.4f}"
-            )
-
-        return hook
-
-    def __call__(self, study: Any, trial: Any) -> None:
-        import optuna
-
-        from hpo.compare import trial_strategy
-
-        secs = max(0.0, time.perf_counter() - self.started.pop(trial.number, time.perf_counter()))
-        state = trial.state.name
-        value = f" {self.metric}={trial.value:.4f}" if trial.value is not None else ""
-        reason = (
-            f" ({trial.user_attrs.get('fail_reason', '')})"
-            if trial.state == optuna.trial.TrialState.FAIL
-            else ""
-        )
-        try:
-            best = study.best_trial
-            best_txt = f"best {best.value:.4f} (#{best.number} {trial_strategy(best) or ''})"
-        except ValueError:
-            best_txt = "best -"
-        retry = f" [retry of #{trial.user_attrs['retry_of']}]" if "retry_of" in trial.user_attrs else ""
-        self._p(
-            f"trial {trial.number:>3} {state:<8}{value} {secs:6.1f}s  {fmt_params(trial)}"
-            f"{retry}{repeat_note(trial)}{reason}  | {best_txt}"
-        )
-
-
-def run_worker(
-    spec: StudySpec,
-    storage_url: str,
-    *,
-    n_trials: int | None = None,
-    timeout: float | None = None,
-    worker_index: int = 0,
-    create: bool = True,
-    quiet: bool = False,
-    ctx: Any = None,
-    budget: Any = None,
-    sampler_salt: str = "",
-    threads: int | str | None = None,
-) -> Any:
-    """Load data once, open the study and optimize; returns the study.
-
-    Data and storage problems raise before any trial starts; a trial that raises is stored
-    as FAIL with its reason and the loop goes on. Trials of dead workers (stale heartbeat, or
-    a process on this host that is gone) are failed first and their retries run (see
-    ``hpo.launch.optimize_loop``); ``budget`` is the trial budget shared by local worker
-    processes (``hpo.launch.Budget``). ``sampler_salt`` tells this worker's sampler apart from
-    others that start on the same study (``sampler_seed``). ``threads``: torch threads, set
-    before every trial; ``"auto"`` decides each time (``hpo.launch.joining_worker_threads``);
-    None leaves torch as it is.
-    """
-    import optuna
-
-    from hpo.launch import optimize_loop
-    from hpo.objective import make_objective, prepare
-    from hpo.storage import failed_trial_lines, open_storage, running_trial_lines, sweep_stale_trials
-
-    # Failed trials are reported by ProgressPrinter with their reason; Optuna's own warning
-    # would repeat it with a traceback.
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    _quiet_transformers()
-    if ctx is None:
-        ctx = prepare(spec)  # data errors surface here, before the database is touched
-    # Base weights load once per worker, now: a bad model fails here, not in every trial.
-    ctx.base_model()
-    storage = open_storage(
-        storage_url,
-        heartbeat_interval=spec.execution.heartbeat_interval,
-        grace_period=spec.execution.grace_period,
-        max_retries=spec.execution.max_retries,
-    )
-    study = open_study(
-        spec,
-        storage,
-        create=create,
-        fingerprint=ctx.data.fingerprint,
-        worker_index=worker_index,
-        n_before=getattr(budget, "first_number", None),
-        salt=sampler_salt,
-    )
-    first_number = storage.get_n_trials(study._study_id) if budget is None else budget.first_number
-    printer = ProgressPrinter(
-        spec, worker=ctx.worker if worker_index else "", stream=sys.stderr if quiet else None
-    )
-    objective = make_objective(ctx, on_trial_start=None if quiet else printer.eval_hook)
-    if threads is not None:
-        objective = _with_threads(objective, threads, None if quiet else printer._p)
-    # Trials an earlier run left RUNNING: failed now if their worker stopped, else said.
-    lines = failed_trial_lines(study, sweep_stale_trials(study)) + running_trial_lines(study)
-    if not quiet:
-        for line in lines:
-            printer._p(line)
-    optimize_loop(
-        study,
-        objective,
-        n_trials=n_trials if n_trials is not None else spec.budget.n_trials,
-        timeout=timeout if timeout is not None else spec.budget.timeout,
-        callbacks=[] if quiet else [printer],
-        budget=budget,
-        first_number=first_number,
-        say=None if quiet else printer._p,
-    )
-    return study
-
-
-def _with_threads(
-    objective: Callable[[Any], float], threads: int | str, say: Callable[[str], None] | None
-) -> Callable[[Any], float]:
-    """``objective`` that first sets torch's intra-op threads (``"auto"``: decided per trial)."""
-    import torch
-
-    from hpo.launch import joining_worker_threads
-
-    explicit = None if threads == "auto" else int(threads)
-    shown: list[tuple[int, str]] = []
-
-    def run(trial: Any) -> float:
-        n, why = joining_worker_threads(explicit)
-        if torch.get_num_threads() != n:
-            torch.set_num_threads(n)
-        if say is not None and (not shown or shown[-1][0] != n):
-            say(f"{n} torch thread{'s' if n > 1 else ''} ({why})")
-        shown[:] = [(n, why)]
-        return objective(trial)
-
-    return run
-
-
-def _quiet_transformers() -> None:
-    import logging
-    import warnings
-
-    import optuna
-    from transformers.utils import logging as hf_logging
-
-    # hpo relies on heartbeats, retry callbacks and metric names on purpose.
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    logging.getLogger("datasets").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
-
-
-def list_studies(storage_url: str) -> list[dict[str, Any]]:
-    """One row per study: trials by state, best value and best strategy.
+def load_studies(storage_url: str, names: list[str]) -> list[Any]:
+    """Load studies by name, in the order given.
 
     Raises:
-        UserError: no database at a SQLite path (a listing never creates one), a malformed
-            URL, or an unreachable database.
+        UserError: a name that is not in the storage; the message lists the known ones.
     """
     import optuna
 
-    from hpo.compare import open_existing_storage, trial_strategy
+    from hpo.storage import open_existing_storage, redact
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_existing_storage(storage_url)
-    rows = []
-    for frozen in sorted(storage.get_all_studies(), key=lambda s: s.study_name):
-        study = optuna.load_study(study_name=frozen.study_name, storage=storage)
-        trials = study.get_trials(deepcopy=False)
-        by_state = {s: 0 for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")}
-        for t in trials:
-            by_state[t.state.name] = by_state.get(t.state.name, 0) + 1
-        best_value = best_strategy = None
-        if by_state["COMPLETE"]:
-            try:
-                best = study.best_trial
-                best_value, best_strategy = best.value, trial_strategy(best)
-            except ValueError:
-                pass
-        rows.append(
-            {
-                "study": frozen.study_name,
-                "metric": frozen.user_attrs.get("metric", "value"),
-                "direction": study.direction.name.lower(),
-                "trials": len(trials),
-                "complete": by_state["COMPLETE"],
-                "pruned": by_state["PRUNED"],
-                "fail": by_state["FAIL"],
-                "running": by_state["RUNNING"],
-                "best_value": best_value,
-                "best_strategy": best_strategy,
-            }
+    known = study_names(storage)
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        plural = "studies" if len(unknown) > 1 else "study"
+        raise UserError(
+            f"unknown {plural} {', '.join(map(repr, unknown))} in {redact(storage_url)} "
+            f"(known: {', '.join(known) or 'none'})"
         )
-    return rows
+    return [optuna.load_study(study_name=n, storage=storage) for n in dict.fromkeys(names)]
+
+
+def load_one(storage_url: str, name: str) -> Any:
+    """Load one study by name (see :func:`load_studies`)."""
+    return load_studies(storage_url, [name])[0]

@@ -16,10 +16,11 @@ import pytest
 from conftest import write_study
 
 from hpo.cli import main
-from hpo.compare import compare_rows, render, strategy_rows
+from hpo.compare import compare_rows, render
 from hpo.config import load_study
+from hpo.drivers.worker import run_worker
 from hpo.report import importance_data, intermediate_data, write_report
-from hpo.study import run_worker, strategy_summary
+from hpo.results import strategy_rows
 
 TS = optuna.trial.TrialState
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -117,7 +118,7 @@ def test_compare_counts_times_and_stopped_early_trials(db: str) -> None:
     assert (by["lora"]["best_value"], by["lora"]["best_trial"], by["lora"]["median_time_s"]) == (0.85, 1, 6.0)
     assert (by["full"]["trials"], by["full"]["pruned"], by["full"]["best_value"]) == (2, 1, 0.80)
     # `hpo run`'s end-of-study summary uses the same rules
-    assert [r["best_trial"] for r in strategy_summary(optuna.load_study(study_name="ray", storage=db))] == [
+    assert [r["best_trial"] for r in strategy_rows(optuna.load_study(study_name="ray", storage=db))] == [
         1,
         0,
     ]

@@ -21,7 +21,7 @@ from conftest import REQUIRE_SERVICES, ROOT, write_study
 from hpo.cli import main
 from hpo.config import load_study
 from hpo.dashboard import bind_warning, is_loopback, make_dashboard_server
-from hpo.study import run_worker
+from hpo.drivers.worker import run_worker
 
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM_FLAGS = [

@@ -14,10 +14,10 @@ from conftest import write_study
 from hpo._yaml import dump_yaml, load_yaml
 from hpo.cli import main
 from hpo.config import ConfigError, load_study
+from hpo.drivers.worker import run_worker
 from hpo.export import load_retrain_spec, retrain_dict
 from hpo.retrain import load_trained, retrain
 from hpo.space import TRAINING_DEFAULTS
-from hpo.study import run_worker
 
 TS = optuna.trial.TrialState
 PNG = b"\x89PNG\r\n\x1a\n"

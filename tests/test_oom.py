@@ -13,10 +13,10 @@ import torch
 from conftest import write_study
 
 from hpo.config import load_study
+from hpo.drivers.worker import run_worker
 from hpo.objective import prepare
 from hpo.oom import INJECT_ENV, TrialOutOfMemory, halve_micro_batch, is_oom, train_with_oom_retry
 from hpo.space import TrialConfig
-from hpo.study import run_worker
 
 TS = optuna.trial.TrialState
 

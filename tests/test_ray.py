@@ -54,7 +54,7 @@ def ray_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_two_concurrent_ray_trials_land_in_the_shared_study(
     tmp_path: Path, tiny_model_dir: Path, local_ray: None, ray_results: Path
 ) -> None:
-    from hpo.ray_backend import run_ray
+    from hpo.drivers.ray import run_ray
 
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
     spec = load_study(write_study(tmp_path, tiny_model_dir, training={"max_train_steps": 30}))
@@ -84,7 +84,7 @@ def test_two_concurrent_ray_trials_land_in_the_shared_study(
 
 
 def test_searcher_marks_stopped_trials_fails_errored_ones_and_pickles_no_storage(tmp_path: Path) -> None:
-    from hpo.ray_backend import EVAL_KEY, FINAL_KEY, _searcher_class
+    from hpo.drivers.ray import EVAL_KEY, FINAL_KEY, _searcher_class
     from hpo.storage import open_storage
 
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
@@ -115,7 +115,7 @@ def test_searcher_marks_stopped_trials_fails_errored_ones_and_pickles_no_storage
 def test_searcher_asks_for_nothing_after_the_deadline_or_a_signal_and_fails_open_trials(
     tmp_path: Path,
 ) -> None:
-    from hpo.ray_backend import _RunControl, _searcher_class, max_trials_at_once
+    from hpo.drivers.ray import _RunControl, _searcher_class, max_trials_at_once
     from hpo.storage import open_storage
 
     url = f"sqlite:///{tmp_path / 'hpo.db'}"

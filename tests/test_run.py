@@ -13,7 +13,7 @@ from conftest import write_study
 
 from hpo.cli import main
 from hpo.config import load_study
-from hpo.study import run_worker
+from hpo.drivers.worker import run_worker
 
 TS = optuna.trial.TrialState
 
@@ -264,7 +264,7 @@ def test_run_in_which_every_trial_fails_exits_1_and_names_the_reasons(
 
 
 def test_a_run_with_pruned_but_no_complete_trial_is_not_an_error() -> None:
-    from hpo.compare import run_failure
+    from hpo.results import run_failure
 
     def trial(state: optuna.trial.TrialState, reason: str = "") -> optuna.trial.FrozenTrial:
         attrs = {"fail_reason": reason} if reason else {}

@@ -10,7 +10,7 @@ import pytest
 from conftest import write_study
 
 from hpo.cli import main
-from hpo.launch import optimize_loop
+from hpo.drivers.loop import optimize_loop
 from hpo.storage import (
     SQLITE_MAX_WORKERS,
     RetryWithLink,

@@ -93,8 +93,7 @@ def test_mismatch_advice_fits_the_command(
 
 def test_progress_and_summary_show_a_fixed_strategy(capsys: pytest.CaptureFixture[str]) -> None:
     """A space with one strategy has no ``strategy`` parameter: the trial's attribute names it."""
-    from hpo.cli import print_summary
-    from hpo.study import ProgressPrinter
+    from hpo.display import ProgressPrinter, print_summary
 
     study = optuna.create_study(direction="maximize")
     dist = optuna.distributions.FloatDistribution(1e-5, 1e-3, log=True)
@@ -109,7 +108,7 @@ def test_progress_and_summary_show_a_fixed_strategy(capsys: pytest.CaptureFixtur
     trial = study.trials[0]
     ProgressPrinter(_spec())(study, trial)
     line = capsys.readouterr().out
-    assert line.rstrip().endswith("| best 0.8400 (#0 full)"), line
+    assert line.rstrip().endswith("| best accuracy=0.8400 (#0 full)"), line
     print_summary(study)
     out = capsys.readouterr().out
     assert "\nfull " in out.split("per strategy:")[1], out

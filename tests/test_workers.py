@@ -16,7 +16,7 @@ import pytest
 from conftest import ROOT, service_url, write_study
 
 from hpo.cli import main
-from hpo.launch import Slot, detect_gpus, plan_slots
+from hpo.drivers.slots import Slot, detect_gpus, plan_slots
 
 TS = optuna.trial.TrialState
 SECRET = "s3cret-Pw"
@@ -160,7 +160,7 @@ def test_four_workers_share_one_study_on_a_server_database(
     kind: str, tmp_path: Path, tiny_model_dir: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
     from hpo.config import load_study
-    from hpo.launch import launch
+    from hpo.drivers.local import launch
 
     url = service_url(kind)
     if kind == "postgresql":
@@ -524,7 +524,7 @@ def test_hpo_worker_splits_the_cores_between_the_workers_of_this_host(
     the number reaches torch (each trial records torch_threads).
     """
     from hpo.config import load_study
-    from hpo.launch import cpu_cores, joining_worker_threads
+    from hpo.drivers.slots import cpu_cores, joining_worker_threads
     from hpo.objective import prepare
     from hpo.storage import open_storage
     from hpo.study import open_study

@@ -92,15 +92,15 @@ def _worker_storage(url: str) -> Any:
 
 
 def _worker_context(spec: StudySpec) -> Any:
+    from hpo.display import quiet_libraries
     from hpo.objective import prepare
-    from hpo.study import _quiet_transformers
 
     key = f"{spec.path}|{spec.name}"
     if _CACHE.get("key") != key:
         from transformers.utils import logging as hf_logging
 
         _CACHE.pop("ctx", None)
-        _quiet_transformers()
+        quiet_libraries()
         hf_logging.disable_progress_bar()
         _CACHE["ctx"] = prepare(spec, worker=f"{socket.gethostname()}:{os.getpid()}")
         _CACHE["key"] = key
@@ -409,7 +409,7 @@ def _searcher_class() -> Any:
 def _progress_callback(spec: StudySpec, study: Any, stream: Any) -> Any:
     from ray import tune
 
-    from hpo.study import fmt_params
+    from hpo.results import fmt_params
 
     class Progress(tune.Callback):  # type: ignore[misc]
         """One line per finished Ray trial, with its parameters (read from the storage)."""
@@ -498,10 +498,11 @@ def run_ray(
     """
     import optuna
 
+    from hpo.display import quiet_libraries
+    from hpo.drivers.setup import open_run
     from hpo.errors import UserError
-    from hpo.objective import prepare
-    from hpo.storage import open_storage, redact, sweep_stale_trials
-    from hpo.study import _quiet_transformers, make_sampler, max_evaluations, open_study
+    from hpo.storage import redact
+    from hpo.study import max_evaluations
 
     try:
         import ray
@@ -513,19 +514,13 @@ def run_ray(
     stream = stream or sys.stdout
     n_trials = n_trials if n_trials is not None else spec.budget.n_trials
     timeout = timeout if timeout is not None else spec.budget.timeout
-    ex = spec.execution
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    _quiet_transformers()
-    ctx = prepare(spec)  # data errors before Ray starts; tokenized cache warmed on this node
-    storage = open_storage(
-        url,
-        heartbeat_interval=ex.heartbeat_interval,
-        grace_period=ex.grace_period,
-        max_retries=ex.max_retries,
-    )
-    study = open_study(spec, storage, create=True, fingerprint=ctx.data.fingerprint)
-    del ctx
-    sweep_stale_trials(study)
+    quiet_libraries()
+    # Data errors before Ray starts; the tokenized cache is warmed on this node. A resumed
+    # study seeds its sampler from its trial count (hpo.study.sampler_seed).
+    run = open_run(spec, url, create=True, say=lambda line: print(line, file=stream, flush=True))
+    storage, study = run.storage, run.study
+    del run
 
     started_ray = False
     if not ray.is_initialized():
@@ -558,7 +553,7 @@ def run_ray(
         mode="max" if spec.direction == "maximize" else "min",
         storage=storage,
         study_name=spec.name,
-        sampler=make_sampler(spec),
+        sampler=study.sampler,
         control=control,
     )
     max_t = max_evaluations(spec)

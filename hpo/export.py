@@ -438,10 +438,10 @@ def _study_dir(study: Any) -> Path:
 
 def _resolved_source(source: str, base_dir: Path) -> str:
     """A local source as an absolute path; builtin and hub sources unchanged."""
-    from hpo.data import DataError, _resolve
+    from hpo.data import DataError, resolve_source
 
     try:
-        src = _resolve(DataSpec(source=source, base_dir=str(base_dir)))
+        src = resolve_source(DataSpec(source=source, base_dir=str(base_dir)))
     except DataError:
         # Not found from here: keep the best absolute guess; validation names the problem.
         p = Path(source).expanduser()

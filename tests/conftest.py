@@ -144,7 +144,7 @@ def train_tiny_bpe(
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-    from hpo._reviews import generate_reviews
+    from hpo.data.reviews import generate_reviews
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -1,4 +1,4 @@
-"""hpo.data and hpo._reviews: loading, carving, errors, the builtin dataset, tokenize caching."""
+"""hpo.data (with hpo.data.reviews): loading, carving, errors, the builtin dataset, tokenize caching."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 
 from hpo import data as hdata
-from hpo._reviews import generate_reviews
 from hpo.data import DataError, DataSpec, check_spec, describe_source, load_data, tokenize
+from hpo.data.cache import save_cached
+from hpo.data.reviews import generate_reviews
 from hpo.errors import UserError
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -444,8 +445,8 @@ def test_save_cached_tolerates_a_concurrent_writer(tmp_path: Path, tokenizer: An
     import datasets
 
     ds = datasets.Dataset.from_dict({"input_ids": [[1, 2]], "labels": [0]})
-    first = hdata._save_cached(ds, tmp_path, "k")
-    second = hdata._save_cached(ds, tmp_path, "k")  # the rename loses the race; no error
+    first = save_cached(ds, tmp_path, "k")
+    second = save_cached(ds, tmp_path, "k")  # the rename loses the race; no error
     assert first["input_ids"] == second["input_ids"] == [[1, 2]]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["k"]
 

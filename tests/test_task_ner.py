@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hpo.data import DataError
+from hpo.data import DataError, read_conll
 from hpo.tasks import token_classification as tc
 
 WNUT = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "wnut17"
@@ -65,7 +65,7 @@ def test_read_conll_tolerates_bom_crlf_trailing_space_docstart_and_no_final_blan
         "New York\tB-location\r\n"  # a tab-separated token may hold a space
         "!\tO"  # no final newline, no final blank line
     )
-    df = tc.read_conll(_write(tmp_path, text), "f.conll")
+    df = read_conll(_write(tmp_path, text), "f.conll")
     assert list(df.columns) == ["tokens", "tags"]
     assert df["tokens"].tolist() == [["Empire", "State", "is"], ["New York", "!"]]
     assert df["tags"].tolist() == [["B-location", "I-location", "O"], ["B-location", "O"]]
@@ -85,7 +85,7 @@ def test_read_conll_multi_column_conll2003_layout_takes_first_and_last_column(tm
         "Blackburn NNP I-NP I-PER\n"
         "\n\n"
     )
-    df = tc.read_conll(_write(tmp_path, text), "f.conll")
+    df = read_conll(_write(tmp_path, text), "f.conll")
     assert df["tokens"].tolist() == [["EU", "rejects", "German"], ["Peter", "Blackburn"]]
     assert df["tags"].tolist() == [["B-ORG", "O", "B-MISC"], ["B-PER", "I-PER"]]
 
@@ -109,13 +109,13 @@ def test_read_conll_multi_column_conll2003_layout_takes_first_and_last_column(tm
 )
 def test_read_conll_errors_name_file_and_line(tmp_path: Path, content: str | bytes, message: str) -> None:
     with pytest.raises(DataError) as info:
-        tc.read_conll(_write(tmp_path, content), "f.conll")
+        read_conll(_write(tmp_path, content), "f.conll")
     assert str(info.value).startswith(message)
 
 
 def test_read_conll_missing_file_is_a_data_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"^nope.conll: could not read"):
-        tc.read_conll(tmp_path / "nope.conll", "nope.conll")
+        read_conll(tmp_path / "nope.conll", "nope.conll")
 
 
 @pytest.mark.parametrize(
@@ -168,7 +168,7 @@ def test_read_conll_real_wnut17_counts(
 ) -> None:
     if not (WNUT / name).is_file():
         pytest.skip(f"{WNUT / name} not present")
-    df = tc.read_conll(WNUT / name, name)
+    df = read_conll(WNUT / name, name)
     assert len(df) == sentences
     assert sum(len(t) for t in df["tokens"]) == tokens
     assert all(len(a) == len(b) for a, b in zip(df["tokens"], df["tags"], strict=True))

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hpo.data import DataError
+from hpo.data import DataError, read_squad_json
 from hpo.tasks import question_answering as qa
 
 SQUAD = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "squad"
@@ -71,7 +71,7 @@ def _write_json(tmp_path: Path, obj: Any, bom: bool = False) -> Path:
 
 
 def test_read_squad_json_flattens_to_hugging_face_squad_rows(tmp_path: Path) -> None:
-    df = qa.read_squad_json(_write_json(tmp_path, SMALL, bom=True), "s.json")
+    df = read_squad_json(_write_json(tmp_path, SMALL, bom=True), "s.json")
     assert list(df.columns) == ["id", "title", "context", "question", "answers"]
     assert df["id"].tolist() == ["q1", "q2", "7"]
     assert df["title"].tolist() == ["Museum", "Museum", ""]
@@ -139,7 +139,7 @@ P = "s.json: data[0].paragraphs[0]"
 )
 def test_read_squad_json_errors_name_the_json_path(tmp_path: Path, change: str, message: str) -> None:
     with pytest.raises(DataError) as info:
-        qa.read_squad_json(_write_json(tmp_path, _broken(change)), "s.json")
+        read_squad_json(_write_json(tmp_path, _broken(change)), "s.json")
     assert str(info.value).startswith(message)
 
 
@@ -147,10 +147,10 @@ def test_read_squad_json_invalid_json_names_line_and_column(tmp_path: Path) -> N
     path = tmp_path / "s.json"
     path.write_text('{"data": [\n  {"title": "x",,}\n]}', encoding="utf-8")
     with pytest.raises(DataError, match=r"^s.json: line 2 column 17: invalid JSON: "):
-        qa.read_squad_json(path, "s.json")
+        read_squad_json(path, "s.json")
     path.write_text("  \n", encoding="utf-8")
     with pytest.raises(DataError, match=r"^s.json: file is empty$"):
-        qa.read_squad_json(path, "s.json")
+        read_squad_json(path, "s.json")
 
 
 @pytest.mark.parametrize(
@@ -161,7 +161,7 @@ def test_read_squad_json_real_files(name: str, questions: int, articles: int, pa
     # Counts from /work/shared/data/squad/README.md; every answer offset is checked on read.
     if not (SQUAD / name).is_file():
         pytest.skip(f"{SQUAD / name} not present")
-    df = qa.read_squad_json(SQUAD / name, name)
+    df = read_squad_json(SQUAD / name, name)
     assert len(df) == questions
     assert df["id"].is_unique
     assert df["title"].nunique() == articles

@@ -1,8 +1,8 @@
-"""Extractive question answering (SQuAD v1.1 style): reading, windowed features, answers, metrics.
+"""Extractive question answering (SQuAD v1.1 style): windowed features, answers, metrics.
 
 Pure building blocks; the task record (registry entry, data roles, Trainer) is wired elsewhere.
+The official SQuAD JSON is read by :func:`hpo.data.read_squad_json`.
 
-- :func:`read_squad_json` flattens the official SQuAD JSON into Hugging Face ``squad`` rows.
 - :func:`normalize_answers` accepts the answer layouts that tables and datasets hold and
   checks every answer against its context.
 - :func:`prepare_train_features` / :func:`prepare_eval_features` cut (question, context) pairs
@@ -16,18 +16,14 @@ Pure building blocks; the task record (registry entry, data roles, Trainer) is w
 
 from __future__ import annotations
 
-import json
 import numbers
 import re
 import string
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-from hpo.data import DataError
+from hpo.data import DataError, answer_problem, show_value
 
 METRICS = ("exact_match", "f1", "loss")
 """Validation metrics of the task (SQuAD exact match and token F1 as fractions, loss)."""
@@ -36,135 +32,6 @@ NO_OFFSET = None
 """``offset_mapping`` entry of a token outside the context (question, special tokens) in
 :func:`prepare_eval_features`. ``datasets`` stores it as a null element of the
 ``list<list<int64>>`` column and gives it back as None."""
-
-
-# ---------------------------------------------------------------------------------------
-# Reading
-
-
-def read_squad_json(path: Path, shown: str) -> pd.DataFrame:
-    """Read an official SQuAD v1.1 JSON file into one row per question.
-
-    The file is ``{"version", "data": [{"title", "paragraphs": [{"context", "qas": [{"id",
-    "question", "answers": [{"text", "answer_start"}]}]}]}]}``. Every answer is checked to
-    sit at its ``answer_start`` in the context.
-
-    Args:
-        path: The file.
-        shown: How messages name the file (e.g. the path the user wrote).
-
-    Returns:
-        Columns ``id`` (str), ``title`` (str; "" when an article has none), ``context``,
-        ``question`` and ``answers`` (``{"text": [str, ...], "answer_start": [int, ...]}``,
-        the Hugging Face ``squad`` layout), in file order.
-
-    Raises:
-        DataError: ``shown: <JSON path>: problem``, e.g. ``train.json:
-            data[3].paragraphs[0].qas[7].answers[0].answer_start: expected an integer, got
-            '12'``, for invalid JSON, a missing or mistyped key, an answer that is not at its
-            offset, a question without answers (SQuAD 2.0 unanswerable questions are not
-            supported), a duplicate id, or a file without questions.
-    """
-    try:
-        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark is not JSON
-    except OSError as exc:
-        raise DataError(f"{shown}: could not read: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{shown}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    if not text.strip():
-        raise DataError(f"{shown}: file is empty")
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{shown}: line {exc.lineno} column {exc.colno}: invalid JSON: {exc.msg}") from None
-
-    def where(key: str) -> str:
-        return f"{shown}: {key}" if key else shown
-
-    def need(value: Any, kind: type | tuple[type, ...], key: str, what: str) -> Any:
-        # bool is an int to Python but never a count or an offset here.
-        if not isinstance(value, kind) or isinstance(value, bool):
-            raise DataError(f"{where(key)}: expected {what}, got {_show(value)}")
-        return value
-
-    def field(obj: Mapping[str, Any], name: str, key: str) -> Any:
-        if name not in obj:
-            raise DataError(
-                f"{where(key)}: missing key {name!r} (keys: {', '.join(map(str, obj)) or 'none'})"
-            )
-        return obj[name]
-
-    need(obj, dict, "", 'a JSON object {"version", "data": [...]}')
-    rows: dict[str, list[Any]] = {k: [] for k in ("id", "title", "context", "question", "answers")}
-    first_seen: dict[str, str] = {}  # id -> JSON path of its question
-    articles = need(field(obj, "data", ""), list, "data", "a list of articles")
-    for a, article in enumerate(articles):
-        akey = f"data[{a}]"
-        need(article, dict, akey, "an object with title and paragraphs")
-        title = need(article.get("title", ""), str, f"{akey}.title", "a string")
-        paragraphs = need(field(article, "paragraphs", akey), list, f"{akey}.paragraphs", "a list")
-        for p, paragraph in enumerate(paragraphs):
-            pkey = f"{akey}.paragraphs[{p}]"
-            need(paragraph, dict, pkey, "an object with context and qas")
-            context = need(field(paragraph, "context", pkey), str, f"{pkey}.context", "a string")
-            qas = need(field(paragraph, "qas", pkey), list, f"{pkey}.qas", "a list")
-            for q, qa in enumerate(qas):
-                qkey = f"{pkey}.qas[{q}]"
-                need(qa, dict, qkey, "an object with id, question and answers")
-                # Ids are strings in SQuAD; integer ids of home-made files become strings.
-                qid = str(need(field(qa, "id", qkey), (str, int), f"{qkey}.id", "a string"))
-                if qid in first_seen:
-                    raise DataError(f"{where(qkey)}.id: duplicate id {qid!r} (first at {first_seen[qid]})")
-                first_seen[qid] = qkey
-                question = need(field(qa, "question", qkey), str, f"{qkey}.question", "a string")
-                if qa.get("is_impossible") is True:
-                    raise DataError(
-                        f"{where(qkey)}: unanswerable question (SQuAD 2.0 is_impossible); "
-                        "only SQuAD v1.1 data, where every question has an answer, is supported"
-                    )
-                answers = need(field(qa, "answers", qkey), list, f"{qkey}.answers", "a list")
-                if not answers:
-                    raise DataError(f"{where(qkey)}.answers: empty (every question needs an answer)")
-                texts: list[str] = []
-                starts: list[int] = []
-                for n, answer in enumerate(answers):
-                    nkey = f"{qkey}.answers[{n}]"
-                    need(answer, dict, nkey, "an object with text and answer_start")
-                    texts.append(need(field(answer, "text", nkey), str, f"{nkey}.text", "a string"))
-                    starts.append(
-                        need(field(answer, "answer_start", nkey), int, f"{nkey}.answer_start", "an integer")
-                    )
-                    problem = _answer_problem(context, texts[-1], starts[-1])
-                    if problem:
-                        raise DataError(f"{where(nkey)}: {problem}")
-                rows["id"].append(qid)
-                rows["title"].append(title)
-                rows["context"].append(context)
-                rows["question"].append(question)
-                rows["answers"].append({"text": texts, "answer_start": starts})
-    if not rows["id"]:
-        raise DataError(f"{shown}: no questions")
-    return pd.DataFrame(rows)
-
-
-def _show(value: Any, width: int = 40) -> str:
-    """A value for a message: its repr, clipped, or its type for containers."""
-    if isinstance(value, (dict, list)):
-        return f"a JSON {'object' if isinstance(value, dict) else 'array'}"
-    text = repr(value)
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
-def _answer_problem(context: str, text: str, start: int) -> str:
-    """Why an answer does not sit at ``start`` in ``context``, or "" when it does."""
-    if not text:
-        return "empty answer text"
-    if not 0 <= start <= len(context) - len(text):
-        return f"answer_start {start} is outside the context ({len(context)} characters) for text {text!r}"
-    found = context[start : start + len(text)]
-    if found != text:
-        return f"answer_start {start} does not point at its text {text!r} (the context has {found!r} there)"
-    return ""
 
 
 def normalize_answers(
@@ -203,13 +70,13 @@ def normalize_answers(
         clean_starts: list[int] = []
         for n, (text, start) in enumerate(zip(texts, starts, strict=True)):
             if not isinstance(text, str):
-                raise DataError(f"{at}.text[{n}]: expected a string, got {_show(text)}")
+                raise DataError(f"{at}.text[{n}]: expected a string, got {show_value(text)}")
             start_int = _as_int(start)
             if start_int is None:
-                raise DataError(f"{at}.answer_start[{n}]: expected an integer, got {_show(start)}")
+                raise DataError(f"{at}.answer_start[{n}]: expected an integer, got {show_value(start)}")
             if not isinstance(context, str):
-                raise DataError(f"{shown}: row {i}: context: expected a string, got {_show(context)}")
-            problem = _answer_problem(context, text, start_int)
+                raise DataError(f"{shown}: row {i}: context: expected a string, got {show_value(context)}")
+            problem = answer_problem(context, text, start_int)
             if problem:
                 raise DataError(f"{at}[{n}]: {problem}")
             clean_starts.append(start_int)
@@ -245,7 +112,7 @@ def _answer_lists(value: Any, at: str) -> tuple[list[Any], list[Any]]:
         for n, answer in enumerate(value):
             if not isinstance(answer, Mapping) or "text" not in answer or "answer_start" not in answer:
                 raise DataError(
-                    f"{at}[{n}]: expected an object with text and answer_start, got {_show(answer)}"
+                    f"{at}[{n}]: expected an object with text and answer_start, got {show_value(answer)}"
                 )
             texts.append(answer["text"])
             starts.append(answer["answer_start"])

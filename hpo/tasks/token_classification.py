@@ -1,8 +1,8 @@
-"""Token classification (named-entity recognition): CoNLL files, tag sets, sub-word labels, seqeval.
+"""Token classification (named-entity recognition): tag sets, sub-word labels, seqeval.
 
 Pure building blocks; the task record (registry entry, data roles, Trainer) is wired elsewhere.
+CoNLL files are read by :func:`hpo.data.read_conll`.
 
-- :func:`read_conll` reads one CoNLL-style file into one row per sentence (``tokens``, ``tags``).
 - :func:`tag_names` orders a tag set the same way every time (the label ids of the model head).
 - :func:`check_tags` compares a split's tags with the training tags.
 - :func:`encode` tokenizes pre-split words and aligns word tags to the first sub-word.
@@ -19,10 +19,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
-
-import pandas as pd
 
 from hpo.data import DataError
 
@@ -32,112 +29,9 @@ METRICS = ("precision", "recall", "f1", "accuracy", "loss")
 IGNORE_INDEX = -100
 """Label of positions the loss and the metrics skip (PyTorch's cross-entropy default)."""
 
-DOCSTART = "-DOCSTART-"
-"""First column of the document-separator lines of CoNLL-2003 style files; such lines are skipped."""
-
 # "B-x" or "I-x" with a non-empty type. Other prefixes (E-, S- of BIOES) are reported by
 # check_tags as not BIO, not rejected: seqeval's default mode reads them too.
 _BIO = re.compile(r"^(?P<prefix>[BI])-(?P<type>.+)$")
-
-
-# ---------------------------------------------------------------------------------------
-# Reading
-
-
-def read_conll(path: Path, shown: str) -> pd.DataFrame:
-    """Read a CoNLL-style file: one token per line, a blank line between sentences.
-
-    Each non-blank line holds columns separated by tabs (when the line has a tab) or by runs
-    of spaces; the first column is the token and the last one the tag, so both the two-column
-    WNUT layout (``token<TAB>tag``) and the four-column CoNLL-2003 layout (``token POS chunk
-    tag``) read. Every token line of a file must have the same number of columns, which
-    catches a space inside a token of a space-separated file. Lines whose first column is
-    ``-DOCSTART-`` are skipped. A byte-order mark, CRLF line ends, trailing whitespace,
-    lines of only whitespace as separators and a missing final blank line are accepted.
-
-    Args:
-        path: The file.
-        shown: How messages name the file (e.g. the path the user wrote).
-
-    Returns:
-        One row per sentence, in file order, with columns ``tokens`` (list of str) and
-        ``tags`` (list of str, same length).
-
-    Raises:
-        DataError: ``shown: line N: problem`` for a line with one column, a column count
-            that differs from the first token line, or an empty token; ``shown: problem``
-            for an unreadable, non-UTF-8, empty or sentence-less file.
-    """
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise DataError(f"{shown}: could not read: {exc.strerror or exc}") from None
-    try:
-        # utf-8-sig: a byte-order mark is not part of the first token.
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        bad = raw[: exc.start].count(b"\n") + 1
-        raise DataError(f"{shown}: line {bad}: not UTF-8 text ({exc.reason})") from None
-    if not text.strip():
-        raise DataError(f"{shown}: file is empty")
-
-    sentences_tokens: list[list[str]] = []
-    sentences_tags: list[list[str]] = []
-    tokens: list[str] = []
-    tags: list[str] = []
-    n_columns: int | None = None  # columns of the first token line; every other must match
-    first_line = 0
-
-    def close_sentence() -> None:
-        if tokens:
-            sentences_tokens.append(tokens.copy())
-            sentences_tags.append(tags.copy())
-            tokens.clear()
-            tags.clear()
-
-    # splitlines() also splits on \r, so CRLF and old-Mac line ends count lines the same way.
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            close_sentence()
-            continue
-        fields = _fields(line)
-        if fields[0] == DOCSTART:
-            close_sentence()
-            continue
-        if len(fields) < 2:
-            raise DataError(
-                f"{shown}: line {lineno}: expected a token and a tag separated by a tab or spaces, "
-                f"got one column {_clip(line.strip())!r}"
-            )
-        if n_columns is None:
-            n_columns, first_line = len(fields), lineno
-        elif len(fields) != n_columns:
-            raise DataError(
-                f"{shown}: line {lineno}: expected {n_columns} columns like line {first_line}, "
-                f"got {len(fields)} in {_clip(line.strip())!r}"
-            )
-        if not fields[0]:
-            raise DataError(f"{shown}: line {lineno}: empty token before tag {fields[-1]!r}")
-        tokens.append(fields[0])
-        tags.append(fields[-1])
-    close_sentence()
-    if not sentences_tokens:
-        raise DataError(f"{shown}: no sentences (only blank or {DOCSTART} lines)")
-    return pd.DataFrame({"tokens": sentences_tokens, "tags": sentences_tags})
-
-
-def _fields(line: str) -> list[str]:
-    """Columns of one token line: tab-separated when it has a tab, else space-separated."""
-    line = line.rstrip()
-    if "\t" in line:
-        # Tabs keep a token that contains a space or a no-break space whole; spaces
-        # padding a column are not part of it.
-        return [f.strip(" ") for f in line.lstrip(" ").split("\t")]
-    return line.split()
-
-
-def _clip(text: str, width: int = 60) -> str:
-    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 # ---------------------------------------------------------------------------------------
@@ -165,7 +59,7 @@ def tag_names(tag_lists: Iterable[Sequence[str]]) -> list[str]:
     tag set always gets the same ids.
 
     Args:
-        tag_lists: Tags of each sentence (e.g. the ``tags`` column of :func:`read_conll`).
+        tag_lists: Tags of each sentence (e.g. the ``tags`` column of :func:`hpo.data.read_conll`).
 
     Returns:
         The sorted distinct tags.

@@ -153,7 +153,7 @@ class StudySpec:
 
     @property
     def direction(self) -> str:
-        return self.objective.direction or ("minimize" if self.objective.metric == "loss" else "maximize")
+        return self.objective.direction or default_direction(self.task, self.objective.metric)
 
     def summary(self) -> str:
         """One line for the dashboard and `hpo studies`."""
@@ -345,11 +345,19 @@ def objective_dict(metric: str, direction: str | None, select: str) -> dict[str,
     return out
 
 
+def default_direction(task: str, metric: str) -> str:
+    """The direction a task gives its metric (``minimize`` for a loss); ``maximize`` if unknown."""
+    from hpo.tasks import TASKS
+
+    known = TASKS.get(task)
+    return known.direction(metric) if known is not None and metric in known.metric_names else "maximize"
+
+
 def check_objective(objective: ObjectiveSpec, task: str, err: typing.Callable[[str], None]) -> None:
     """The metric must be one the task reports; the direction maximize, minimize or unset."""
     from hpo.tasks import TASKS
 
-    metrics = TASKS[task].metrics
+    metrics = TASKS[task].metric_names
     if objective.metric not in metrics:
         err(
             f"objective.metric: unknown metric {objective.metric!r} for task {task} (known: {', '.join(metrics)})"

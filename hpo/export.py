@@ -45,6 +45,7 @@ from hpo.config import (
     check_max_length,
     check_objective,
     check_schedule,
+    default_direction,
     load_mapping,
     objective_dict,
     parse_data,
@@ -178,7 +179,7 @@ class RetrainSpec:
         return TrialConfig(self.strategy, dict(self.strategy_params), training)
 
     def to_study_spec(self) -> StudySpec:
-        """A one-strategy StudySpec that ``hpo.objective.prepare`` and ``train_and_evaluate`` take."""
+        """A one-strategy StudySpec that ``hpo.context.prepare`` and ``hpo.training.train_and_evaluate`` take."""
         space = SearchSpace(source=self.path, strategy=Param("fixed", value=self.strategy))
         return StudySpec(
             name=self.study,
@@ -403,7 +404,7 @@ def parse_retrain(raw: dict[str, Any], path: Path, *, read_data: bool = False) -
 
     if problems:
         raise ConfigError(problems)
-    direction = objective.direction or ("minimize" if objective.metric == "loss" else "maximize")
+    direction = objective.direction or default_direction(task, objective.metric)
     return RetrainSpec(
         path=fname,
         task=task,
@@ -516,7 +517,7 @@ def retrain_dict(study: Any, trial: Any, storage_url: str) -> dict[str, Any]:
         model_path = model
     metric = study.user_attrs.get("metric") or hpo_config.get("objective", {}).get("metric", "accuracy")
     task = hpo_config.get("task", "sequence-classification")
-    known = TASKS[task].metrics if task in TASKS else ()
+    known = TASKS[task].metric_names if task in TASKS else ()
     # val_runtime and friends are Trainer timings, not metrics
     validation = {m: trial.user_attrs[f"val_{m}"] for m in known if f"val_{m}" in trial.user_attrs}
     # objective.select best: the trial's value is an evaluation before the end of training;

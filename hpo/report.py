@@ -17,9 +17,6 @@ from typing import Any
 
 from hpo.errors import UserError
 
-METRIC_BARS = ("accuracy", "precision", "recall", "f1")
-"""Validation metrics shown for the best trial (loss has another scale)."""
-
 _STATE_COLORS = {"COMPLETE": "#1f77b4", "PRUNED": "#d62728", "STOPPED": "#ff7f0e", "FAIL": "#7f7f7f"}
 
 
@@ -149,18 +146,27 @@ def strategy_data(study: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def best_metrics_data(study: Any) -> tuple[Any, dict[str, float]]:
-    """The best trial and its validation accuracy, precision, recall and F1."""
+def study_task(study: Any) -> Any:
+    """The task the study was created for (sequence classification for studies before tasks)."""
+    from hpo.tasks import get_task
+
+    return get_task((study.user_attrs.get("hpo_config") or {}).get("task", "sequence-classification"))
+
+
+def best_metrics_data(study: Any) -> tuple[Any, dict[str, float], bool]:
+    """The best trial, its validation metrics that the task charts (``Task.chart_metrics``),
+    and whether they are fractions (a 0..1 axis)."""
     from hpo.results import best_trial
 
     best = best_trial(study)
     if best is None:
         raise Skip("no complete trial yet")
-    values = {m: best.user_attrs.get(f"val_{m}") for m in METRIC_BARS}
+    names, fractions = study_task(study).chart_metrics
+    values = {m: best.user_attrs.get(f"val_{m}") for m in names}
     found = {m: float(v) for m, v in values.items() if isinstance(v, (int, float))}
     if not found:
         raise Skip(f"trial {best.number} recorded no validation metrics")
-    return best, found
+    return best, found, fractions
 
 
 # --------------------------------------------------------------------------- figures
@@ -311,21 +317,23 @@ def _plots(study: Any) -> list[_Plot]:
         return f"{name}: best trial #{best.number} ({fmt_params(best)})"
 
     def metrics_png() -> Any:
-        best, values = best_metrics_data(study)
+        best, values, fractions = best_metrics_data(study)
         fig = _mpl_figure()
         ax = fig.add_subplot()
         ax.bar(list(values), list(values.values()), color="#9467bd")
         for i, v in enumerate(values.values()):
             ax.text(i, v, f"{v:.4f}", ha="center", va="bottom")
-        ax.set_ylim(0, 1.08)
+        if fractions:
+            ax.set_ylim(0, 1.08)
         ax.set(ylabel="validation", title=metrics_title(best))
         return fig
 
     def metrics_html() -> Any:
-        best, values = best_metrics_data(study)
-        return go.Figure(
+        best, values, fractions = best_metrics_data(study)
+        fig = go.Figure(
             go.Bar(x=list(values), y=list(values.values()), text=[f"{v:.4f}" for v in values.values()])
-        ).update_layout(title=metrics_title(best), yaxis_title="validation", yaxis_range=[0, 1.05])
+        ).update_layout(title=metrics_title(best), yaxis_title="validation")
+        return fig.update_layout(yaxis_range=[0, 1.05]) if fractions else fig
 
     return [
         _Plot("optimization_history", "Optimization history", history_png, history_html),

@@ -1,6 +1,6 @@
 """Retrain an exported configuration, evaluate it on the test split and save it.
 
-The training is the search trial's own code path (``hpo.objective.prepare`` and
+The training is the search trial's own code path (``hpo.context.prepare`` and
 ``train_and_evaluate``), so with the same data, epochs and seed the validation metric is the
 trial's, bit for bit on CPU. The test split is loaded and tokenized here for the first time:
 the search never sees it.
@@ -30,12 +30,12 @@ from typing import Any
 
 from hpo.errors import UserError
 from hpo.export import RetrainSpec, load_retrain_spec
+from hpo.tasks import get_task
 
 MODEL_INFO = "hpo_model.json"
 """File in the model folder that says how to load what is saved there."""
 STATE_DICT = "model_with_adapters.safetensors"
 """State dict of a model with the ``adapter`` strategy's bottleneck adapters."""
-SHOWN_METRICS = ("accuracy", "precision", "recall", "f1")
 
 
 @dataclass
@@ -82,26 +82,15 @@ def _quiet() -> None:
 
 def evaluate_split(ctx: Any, model: Any, cfg: Any, seed: int, split: str) -> dict[str, float]:
     """The task's metrics and loss of ``model`` on one tokenized split, with the trial's eval settings."""
-    from transformers import PrinterCallback, Trainer
+    from hpo.training import make_trainer
 
-    from hpo.objective import training_arguments
-    from hpo.tasks import get_task
-
-    task = get_task(ctx.spec.task)
     output_dir = tempfile.mkdtemp(prefix="hpo-eval-")
     try:
-        trainer = Trainer(
-            model=model,
-            args=training_arguments(ctx, cfg, seed, output_dir, max_steps=1),
-            eval_dataset=ctx.datasets[split],
-            data_collator=task.collator(ctx.tokenizer),
-            compute_metrics=lambda p: task.compute_metrics(p.predictions, p.label_ids),
-        )
-        trainer.remove_callback(PrinterCallback)
+        trainer = make_trainer(ctx, model, cfg, seed, output_dir, max_steps=1, eval_split=split)
         raw = trainer.evaluate(metric_key_prefix=split)
     finally:
         shutil.rmtree(output_dir, ignore_errors=True)
-    keep = set(task.metrics)
+    keep = set(get_task(ctx.spec.task).metric_names)
     return {
         k.removeprefix(f"{split}_"): float(v)
         for k, v in raw.items()
@@ -199,6 +188,7 @@ def save_trained(
         fmt = "transformers"
         model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
+    auto = get_task(rspec.task).auto_class
     info = {
         "format": fmt,
         "task": rspec.task,
@@ -208,11 +198,10 @@ def save_trained(
         "base_model_name": rspec.model,
         "label_names": label_names,
         "how_to_load": {
-            "transformers": "AutoModelForSequenceClassification.from_pretrained(folder)",
-            "peft": "PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained("
-            "base_model, num_labels=len(label_names)), folder)",
-            "state_dict": "model = hpo.strategies.get_strategy('adapter').apply(AutoModelForSequenceClassification"
-            f".from_pretrained(base_model, num_labels=len(label_names)), strategy_params); "
+            "transformers": f"{auto}.from_pretrained(folder)",
+            "peft": f"PeftModel.from_pretrained({auto}.from_pretrained(base_model, ...), folder)",
+            "state_dict": f"model = hpo.strategies.get_strategy('adapter').apply({auto}"
+            f".from_pretrained(base_model, ...), strategy_params); "
             f"safetensors.torch.load_model(model, folder / '{STATE_DICT}')",
         }[fmt]
         + "  (or: hpo.retrain.load_trained(folder))",
@@ -235,8 +224,6 @@ def load_trained(folder: str | Path, base_model: str | None = None) -> tuple[Any
     """
     from transformers import AutoTokenizer
 
-    from hpo.tasks import get_task
-
     folder = Path(folder)
     try:
         info = json.loads((folder / MODEL_INFO).read_text(encoding="utf-8"))
@@ -248,18 +235,18 @@ def load_trained(folder: str | Path, base_model: str | None = None) -> tuple[Any
     labels = list(info["label_names"])
     base = base_model or info["base_model"]
     if info["format"] == "transformers":
-        model = task.load_model(str(folder), len(labels), labels)
+        model = task.load_model(str(folder), labels)
     elif info["format"] == "peft":
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(task.load_model(base, len(labels), labels), str(folder))
+        model = PeftModel.from_pretrained(task.load_model(base, labels), str(folder))
     elif info["format"] == "state_dict":
         from safetensors.torch import load_model
 
         from hpo.strategies import get_strategy
 
         model = get_strategy(info["strategy"]).apply(
-            task.load_model(base, len(labels), labels), dict(info["strategy_params"])
+            task.load_model(base, labels), dict(info["strategy_params"])
         )
         load_model(model, str(folder / STATE_DICT))
     else:
@@ -279,8 +266,9 @@ def metrics_chart(
     metric: str,
     title: str,
     trial_value: float | None = None,
+    task: str = "sequence-classification",
 ) -> None:
-    """Validation vs test bars, and the validation curve over the evaluations of training."""
+    """Validation vs test bars of the task's chart metrics, and the validation curve."""
     import numpy as np
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -288,7 +276,9 @@ def metrics_chart(
     fig = Figure(figsize=(11, 4.5), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     bars, curve = fig.subplots(1, 2, width_ratios=[1.1, 1])
-    names = [m for m in SHOWN_METRICS if m in validation or m in test]
+
+    shown, fractions = get_task(task).chart_metrics
+    names = [m for m in shown if m in validation or m in test]
     x = np.arange(len(names))
     for offset, label, values, color in (
         (-0.2, "validation", validation, "#1f77b4"),
@@ -299,7 +289,8 @@ def metrics_chart(
         for xi, y in zip(x, ys, strict=True):
             bars.text(xi + offset, y, f"{y:.3f}", ha="center", va="bottom", fontsize=8)
     bars.set_xticks(x, names)
-    bars.set_ylim(0, 1.1)
+    if fractions:
+        bars.set_ylim(0, 1.1)
     bars.set_title("validation vs test")
     bars.legend(loc="lower right")
 
@@ -365,8 +356,9 @@ def retrain(
         UserError / DataError: an output folder that cannot be used, no test split, data or
             model problems.
     """
-    from hpo.objective import prepare, train_and_evaluate
+    from hpo.context import prepare
     from hpo.study import package_versions
+    from hpo.training import train_and_evaluate
 
     def say(text: str) -> None:
         if not quiet:
@@ -484,6 +476,7 @@ def retrain(
         rspec.metric,
         f"{origin}: {rspec.strategy}, {rspec.epochs:g} epoch(s), seed {rspec.seed}",
         trial_value if not overrides else None,
+        task=rspec.task,
     )
 
     if value is not None:
@@ -492,7 +485,8 @@ def retrain(
             verdict = reproduction_verdict(value - trial_value, same_data, bool(overrides))
             line += f" (trial recorded {trial_value:.4f}: {verdict})"
         say(line)
-    say("test " + ", ".join(f"{k} {test[k]:.4f}" for k in (*SHOWN_METRICS, "loss") if k in test))
+    order = get_task(rspec.task).metric_names
+    say("test " + ", ".join(f"{k} {test[k]:.4f}" for k in order if k in test))
     paths = [model_dir, metrics_path, config_path, chart]
     say("wrote " + ", ".join(str(p) for p in paths))
     return RetrainResult(

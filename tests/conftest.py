@@ -117,7 +117,7 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     """Tokenized-data cache per test session, never the user's."""
     cache = tmp_path_factory.getbasetemp() / "hpo-cache"
     monkeypatch.setenv("HPO_CACHE_DIR", str(cache))
-    mod = sys.modules.get("hpo.objective")
+    mod = sys.modules.get("hpo.context")
     if mod is not None:
         monkeypatch.setattr(mod, "CACHE_DIR", cache)
 

@@ -35,7 +35,7 @@ def db(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterat
     with pytest.MonkeyPatch.context() as mp:
         # The module fixture runs before the autouse cache fixture: keep the cache out of the repo.
         mp.setenv("HPO_CACHE_DIR", str(root / "cache"))
-        mp.setattr("hpo.objective.CACHE_DIR", root / "cache")
+        mp.setattr("hpo.context.CACHE_DIR", root / "cache")
         path = write_study(
             root,
             tiny_model_dir,

@@ -48,7 +48,7 @@ def db(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterat
     with pytest.MonkeyPatch.context() as mp:
         # The module fixture runs before the autouse cache fixture: keep the cache out of the repo.
         mp.setenv("HPO_CACHE_DIR", str(root / "cache"))
-        mp.setattr("hpo.objective.CACHE_DIR", root / "cache")
+        mp.setattr("hpo.context.CACHE_DIR", root / "cache")
         study = optuna.create_study(study_name="exp", storage=url, direction="maximize")
         for params in ENQUEUED:
             study.enqueue_trial(params)
@@ -210,7 +210,7 @@ def test_retrain_lora_reproduces_the_trial_and_reloads(db: str, tiny_model_dir: 
 
     # The adapter reloads with plain PEFT onto a freshly loaded base and predicts the same logits.
     info = json.loads((model_dir / "hpo_model.json").read_text())
-    base = get_task("sequence-classification").load_model(str(tiny_model_dir), 2, info["label_names"])
+    base = get_task("sequence-classification").load_model(str(tiny_model_dir), info["label_names"])
     reloaded = PeftModel.from_pretrained(base, str(model_dir))
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     assert torch.allclose(_logits(reloaded, tok), _logits(result.model, tok), atol=1e-6)

@@ -263,7 +263,7 @@ def test_prepare_converts_a_gguf_alias_before_loading_the_tokenizer(
     """The one call in objective.prepare: the first worker converts, the task loads the folder."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from hpo.objective import prepare
+    from hpo.context import prepare
 
     def tiny_convert(src: Path, out: Path) -> None:
         # the real tokenizer from the GGUF, a 2-layer llama instead of the 30-layer one (speed)

@@ -13,8 +13,8 @@ import torch
 from conftest import write_study
 
 from hpo.config import load_study
+from hpo.context import prepare
 from hpo.drivers.worker import run_worker
-from hpo.objective import prepare
 from hpo.oom import INJECT_ENV, TrialOutOfMemory, halve_micro_batch, is_oom, train_with_oom_retry
 from hpo.space import TrialConfig
 

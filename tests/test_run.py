@@ -158,7 +158,7 @@ def test_changed_study_file_does_not_mix_into_existing_study(
 
 def _repeat_probe(lr: float, bs: int, tolerance: float | None, enqueue: bool = False) -> int | None:
     """Which trial a sampled (lr, bs) repeats in a study holding one trained trial at 4.94e-5/16."""
-    from hpo.objective import find_repeat
+    from hpo.objective import OptunaRecorder, find_repeat
 
     lr_dist = optuna.distributions.FloatDistribution(2e-5, 5e-5, log=True)
     bs_dist = optuna.distributions.CategoricalDistribution([16, 32])
@@ -187,7 +187,8 @@ def _repeat_probe(lr: float, bs: int, tolerance: float | None, enqueue: bool = F
     trial = study.ask()
     trial.suggest_float("learning_rate", 2e-5, 5e-5, log=True)
     trial.suggest_categorical("bs", [16, 32])
-    found = find_repeat(trial, tolerance)
+    recorder = OptunaRecorder(trial, "accuracy")
+    found = find_repeat(recorder.frozen(), recorder.complete_trials(), tolerance)
     return None if found is None else found.number
 
 

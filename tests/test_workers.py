@@ -240,7 +240,7 @@ def test_sigkilled_joining_worker_trial_fails_within_grace_and_retry_finishes(
 ) -> None:
     """Two `hpo worker` processes on PostgreSQL; one dies; the other fails and reruns its trial."""
     from hpo.config import load_study
-    from hpo.objective import prepare
+    from hpo.context import prepare
     from hpo.storage import open_storage
     from hpo.study import open_study
 
@@ -353,7 +353,7 @@ def test_retry_of_a_killed_trial_trains_and_counts_toward_n_trials(
     A retry is never a repeat (sampler.skip_repeats), even beside a trained trial with the same
     parameters; and `hpo run --n-trials 1` after a crash runs the retry as its one trial.
     """
-    from hpo.objective import find_repeat
+    from hpo.objective import OptunaRecorder, find_repeat
     from hpo.storage import RetryWithLink
 
     study = optuna.create_study(direction="maximize")
@@ -364,7 +364,8 @@ def test_retry_of_a_killed_trial_trains_and_counts_toward_n_trials(
     retry = study.ask()
     retry.suggest_float("learning_rate", 1e-4, 1e-3, log=True)
     assert retry.number == 2 and retry.params == {"learning_rate": 5e-4}
-    assert find_repeat(retry, 0.01) is None
+    recorder = OptunaRecorder(retry, "accuracy")
+    assert find_repeat(recorder.frozen(), recorder.complete_trials(), 0.01) is None
 
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
     path = _long_study_file(
@@ -524,8 +525,8 @@ def test_hpo_worker_splits_the_cores_between_the_workers_of_this_host(
     the number reaches torch (each trial records torch_threads).
     """
     from hpo.config import load_study
+    from hpo.context import prepare
     from hpo.drivers.slots import cpu_cores, joining_worker_threads
-    from hpo.objective import prepare
     from hpo.storage import open_storage
     from hpo.study import open_study
 

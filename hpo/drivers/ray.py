@@ -4,9 +4,9 @@
 trials: Ray's ``OptunaSearch`` asks the study (in the study's storage, under the study's name)
 for each configuration with the search space's own define-by-run function, ASHA stops weak
 trials early, and each trial runs the same training path as the Optuna driver
-(``hpo.objective.train_and_evaluate``, with the same out-of-memory retry). The trainable writes
+(``hpo.objective.run_trial``, with the same out-of-memory retry and repeat rule). It writes
 the same user attributes and intermediate values to the Optuna trial as
-``hpo.objective.make_objective`` does, so ``hpo studies``, ``compare``, ``export`` and the
+the Optuna driver does, so ``hpo studies``, ``compare``, ``export`` and the
 dashboard read Ray's trials like any other.
 
 Runs end like the Optuna driver's: ``--timeout`` starts no trial after the deadline and lets the
@@ -22,7 +22,6 @@ which only a finished run knows.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -54,31 +53,66 @@ _CACHE: dict[str, Any] = {}
 # --------------------------------------------------------------------------- inside a Ray worker
 
 
-class _TrialRecorder:
-    """``set_user_attr``/``report`` on an Optuna trial by id, from a process that did not ask it.
+class RayRecorder:
+    """A :class:`~hpo.objective.TrialRecorder` for a Ray trial: writes to its Optuna trial by
+    id (the driver's searcher asked for it) and reports evaluations to Tune for ASHA.
 
-    Writes after the driver finished the trial (a stopped trial) are dropped.
+    Every evaluation but the last is reported to Tune as it comes; the last is kept for after
+    the outcome is stored, so a trial that ends normally is complete in the storage before the
+    searcher closes it. Writes after the driver finished the trial (a stopped trial) are dropped.
     """
 
-    def __init__(self, storage: Any, trial_id: int):
+    def __init__(self, storage: Any, trial_id: int, study_name: str, metric: str):
         self.storage = storage
         self.trial_id = trial_id
+        self.study_name = study_name
+        self.metric = metric
+        self.last: dict[str, Any] | None = None
+        self.stopped = False
 
-    def set_user_attr(self, key: str, value: Any) -> None:
+    def record(self, attrs: dict[str, Any], system_attrs: dict[str, Any] | None = None) -> None:
         import optuna
 
+        from hpo.storage import write_trial_attrs
+
         try:
-            self.storage.set_trial_user_attr(self.trial_id, key, value)
+            write_trial_attrs(self.storage, self.trial_id, attrs, system_attrs)
         except optuna.exceptions.UpdateFinishedTrialError:
             pass
 
-    def report(self, value: float, step: int) -> None:
+    def report(self, index: int, last: bool, metrics: dict[str, float]) -> bool:
         import optuna
+        from ray import tune
 
         try:
-            self.storage.set_trial_intermediate_value(self.trial_id, step, float(value))
+            self.storage.set_trial_intermediate_value(self.trial_id, index, float(metrics[self.metric]))
         except optuna.exceptions.UpdateFinishedTrialError:
             pass
+        result = {k: v for k, v in metrics.items() if k != "epoch"}
+        result[EVAL_KEY] = index
+        if last:
+            self.last = result  # reported after the outcome is stored
+            return False
+        # What a trial that ASHA stops keeps: the metrics of its last evaluation.
+        attrs = {f"val_{k}": v for k, v in metrics.items() if k not in ("step", "epoch")}
+        self.record({**attrs, "evaluations": index})
+        try:
+            tune.report(result)
+        except SystemExit:
+            # Tune stopped this trial (ASHA): end the run cleanly and keep what it did.
+            self.stopped = True
+            return True
+        return False
+
+    def frozen(self) -> Any:
+        return self.storage.get_trial(self.trial_id)
+
+    def complete_trials(self) -> list[Any]:
+        import optuna
+
+        study_id = self.storage.get_study_id_from_name(self.study_name)
+        states = (optuna.trial.TrialState.COMPLETE,)
+        return list(self.storage.get_all_trials(study_id, deepcopy=False, states=states))
 
 
 def _worker_storage(url: str) -> Any:
@@ -92,8 +126,8 @@ def _worker_storage(url: str) -> Any:
 
 
 def _worker_context(spec: StudySpec) -> Any:
+    from hpo.context import prepare
     from hpo.display import quiet_libraries
-    from hpo.objective import prepare
 
     key = f"{spec.path}|{spec.name}"
     if _CACHE.get("key") != key:
@@ -118,83 +152,39 @@ def _threads_from_ray() -> int:
 
 
 def trainable(config: dict[str, Any], spec: StudySpec | None = None, url: str | None = None) -> None:
-    """One Ray Tune trial: rebuild the config from the sampled parameters and train it.
+    """One Ray Tune trial: rebuild the config from the sampled parameters and run it.
 
-    Reports every evaluation except the last to Tune (for ASHA) and writes it to the Optuna
-    trial; after the run, records the outcome on the Optuna trial and then reports the final
-    evaluation with ``hpo_final`` set, so a trial that ends normally is complete in the
-    storage before the searcher closes it. Whatever raises (data, model, training) is stored
-    as the trial's ``fail_reason`` before the searcher stores it FAIL.
+    The same :func:`hpo.objective.run_trial` as the Optuna driver's, so the trial records the
+    same attributes and honours ``sampler.skip_repeats``; a repeat reports the value of the trial
+    it repeats as its final result. Whatever raises (data, model, training) is stored as the
+    trial's ``fail_reason`` before the searcher stores it FAIL.
     """
-    assert spec is not None and url is not None
-    rec = _TrialRecorder(_worker_storage(url), int(config[TRIAL_ID_KEY]))
-    try:
-        _train_trial(config, spec, rec)
-    except Exception as e:
-        rec.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:1000])
-        raise
-
-
-def _train_trial(config: dict[str, Any], spec: StudySpec, rec: _TrialRecorder) -> None:
     import torch
     from ray import tune
 
-    from hpo.objective import plan_steps, record_outcome, train_and_evaluate, trial_seed
-    from hpo.oom import memory_baseline, train_with_oom_retry
+    from hpo.objective import run_trial
 
-    torch.set_num_threads(_threads_from_ray())
-    ctx = _worker_context(spec)
-    params = {k: v for k, v in config.items() if not k.startswith("_hpo_")}
-    cfg = spec.space.fixed(str(config[STRATEGY_KEY]), params, spec.training)
-    seed = trial_seed(spec)
+    assert spec is not None and url is not None
     metric = spec.objective.metric
-    rec.set_user_attr("worker", ctx.worker)
-    rec.set_user_attr("strategy", cfg.strategy)
-    rec.set_user_attr("config", json.dumps(cfg.to_dict(), sort_keys=True))
-    rec.set_user_attr("seed", seed)
-    rec.set_user_attr("device", ctx.device)
-    rec.set_user_attr("backend", "ray")
-
-    state: dict[str, Any] = {"last": None, "n_evals": 0, "stopped": False}
-
-    def on_eval(index: int, metrics: dict[str, float]) -> bool:
-        rec.report(metrics[metric], index)
-        result = {k: v for k, v in metrics.items() if k not in ("epoch",)}
-        result[EVAL_KEY] = index
-        if index >= state["n_evals"]:
-            state["last"] = result  # reported after the outcome is stored
-            return False
-        for k, v in metrics.items():
-            if k not in ("step", "epoch"):
-                rec.set_user_attr(f"val_{k}", v)
-        rec.set_user_attr("evaluations", index)
-        try:
-            tune.report(result)
-        except SystemExit:
-            # Tune stopped this trial (ASHA): end the run cleanly and keep what it did.
-            state["stopped"] = True
-            return True
-        return False
-
-    def attempt(c: Any) -> Any:
-        # Evaluations of this attempt (a retry at half the micro-batch plans more steps).
-        state["n_evals"] = len(plan_steps(len(ctx.datasets["train"]), c, spec)[1])
-        return train_and_evaluate(ctx, c, seed, on_eval=on_eval, select=spec.objective.select)
-
-    out = train_with_oom_retry(
-        attempt,
-        cfg,
-        device=ctx.device,
-        floor=spec.execution.min_micro_batch,
-        record=rec.set_user_attr,
-        baseline_bytes=memory_baseline(ctx.device),
-    )
-    record_outcome(rec, out)
-    if state["stopped"]:
-        rec.set_user_attr("stopped_early", True)
+    rec = RayRecorder(_worker_storage(url), int(config[TRIAL_ID_KEY]), spec.name, metric)
+    try:
+        torch.set_num_threads(_threads_from_ray())
+        ctx = _worker_context(spec)
+        params = {k: v for k, v in config.items() if not k.startswith("_hpo_")}
+        cfg = spec.space.fixed(str(config[STRATEGY_KEY]), params, spec.training)
+        rec.record({"backend": "ray"})
+        result = run_trial(ctx, cfg, rec)
+    except Exception as e:
+        rec.record({"fail_reason": f"{type(e).__name__}: {e}"[:1000]})
+        raise
+    if rec.stopped:
+        rec.record({"stopped_early": True})
         return
-    final = dict(state["last"] or {EVAL_KEY: len(out.history)})
-    final.update(out.metrics)  # the selected evaluation's (objective.select)
+    out = result.outcome
+    final = dict(rec.last or {EVAL_KEY: len(out.history) if out else 1})
+    if out is not None:
+        final.update(out.metrics)  # the selected evaluation's (objective.select)
+    final[metric] = result.value
     final[FINAL_KEY] = True
     tune.report(final)
 

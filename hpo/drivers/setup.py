@@ -20,7 +20,7 @@ class OpenRun:
     """What a driver works with once it is set up."""
 
     ctx: Any
-    """The worker context (data, tokenizer, tokenized splits): ``hpo.objective.WorkerContext``."""
+    """The worker context (data, tokenizer, tokenized splits): ``hpo.context.WorkerContext``."""
     storage: Any
     """The Optuna RDB storage, with heartbeats and the retry callback."""
     study: Any
@@ -57,7 +57,7 @@ def open_run(
         UserError: unreachable storage, a study created from another study file, or (with
             ``create`` False) no such study.
     """
-    from hpo.objective import prepare
+    from hpo.context import prepare
     from hpo.storage import failed_trial_lines, open_storage, running_trial_lines, sweep_stale_trials
     from hpo.study import open_study
 

@@ -41,9 +41,10 @@ def run_worker(
     """
     import optuna
 
+    from hpo.context import prepare
     from hpo.drivers.loop import optimize_loop
     from hpo.drivers.setup import open_run
-    from hpo.objective import make_objective, prepare
+    from hpo.objective import make_objective
 
     # Failed trials are reported by ProgressPrinter with their reason; Optuna's own warning
     # would repeat it with a traceback.

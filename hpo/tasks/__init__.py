@@ -1,46 +1,30 @@
-"""Task registry: which model head, collator and metrics a task uses.
+"""Tasks: one module per task, one explicit registry.
 
-Adding a task (token classification, QA, generation) is one module with a ``TASK`` and one
-line here. The registry imports nothing heavy; a task's functions import lazily.
+A task owns what depends on it: the columns it reads, its label vocabulary, how its text is
+encoded, its model class and head, its collator, its metrics and whether each is maximised
+(:class:`~hpo.tasks.base.Task`). Adding a task is one module exposing ``TASK``, one line in
+:data:`TASKS` and one row in the task x strategy test matrix. Importing this package imports
+nothing heavy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
-
 from hpo.tasks import sequence_classification
+from hpo.tasks.base import Evaluator, Metric, Role, Task
 
-
-@dataclass(frozen=True)
-class Task:
-    """One task kind."""
-
-    name: str
-    metrics: tuple[str, ...]
-    """Validation metrics the task reports (the objective picks one)."""
-    load_model: Callable[[str, int, list[str]], Any]
-    """(model path, number of labels, label names) -> a transformers model with the task head."""
-    collator: Callable[[Any], Any]
-    """tokenizer -> a data collator that pads each batch."""
-    compute_metrics: Callable[[Any, Any], dict[str, float]]
-    """(logits, labels) as numpy arrays -> metric name -> value."""
-
+__all__ = ["TASKS", "Evaluator", "Metric", "Role", "Task", "get_task"]
 
 TASKS: dict[str, Task] = {
-    "sequence-classification": Task(
-        name="sequence-classification",
-        metrics=sequence_classification.METRICS,
-        load_model=sequence_classification.load_model,
-        collator=sequence_classification.collator,
-        compute_metrics=sequence_classification.compute_metrics,
-    ),
+    "sequence-classification": sequence_classification.TASK,
 }
 
 
 def get_task(name: str) -> Task:
-    """The task called ``name``; an unknown name lists the known ones."""
+    """The task registered as ``name``.
+
+    Raises:
+        ValueError: unknown name; the message lists the known ones.
+    """
     try:
         return TASKS[name]
     except KeyError:

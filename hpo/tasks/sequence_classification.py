@@ -4,22 +4,36 @@ from __future__ import annotations
 
 from typing import Any
 
-METRICS = ("accuracy", "precision", "recall", "f1", "loss")
+from hpo.tasks.base import Evaluator, Metric, Role, Task
+from hpo.tasks.heads import reinit_linear_head
+
+METRICS = (
+    Metric("accuracy", "maximize", description="share of examples whose class is right"),
+    Metric("precision", "maximize", description="binary for two classes, macro-averaged otherwise"),
+    Metric("recall", "maximize", description="binary for two classes, macro-averaged otherwise"),
+    Metric("f1", "maximize", description="binary for two classes, macro-averaged otherwise"),
+    Metric("loss", "minimize", fraction=False, description="cross-entropy on the validation split"),
+)
+ROLES = (
+    Role("text", "text", description="the input text"),
+    Role("text_pair", None, required=False, description="a second text (sentence-pair tasks)"),
+    Role("label", "label", description="the class: integers or strings; names are kept"),
+)
 
 
-def load_model(path: str, num_labels: int, label_names: list[str]) -> Any:
-    """Load the base weights with a fresh classification head of ``num_labels`` outputs."""
+def load_model(path: str, label_names: list[str]) -> Any:
+    """Load the base weights with a fresh classification head of ``len(label_names)`` outputs."""
     from transformers import AutoModelForSequenceClassification
 
     return AutoModelForSequenceClassification.from_pretrained(
         path,
-        num_labels=num_labels,
+        num_labels=len(label_names),
         id2label=dict(enumerate(label_names)),
         label2id={n: i for i, n in enumerate(label_names)},
     )
 
 
-def collator(tokenizer: Any) -> Any:
+def collator(tokenizer: Any, model: Any = None) -> Any:
     """Pad each batch to its longest sequence (inputs were tokenized without padding)."""
     from transformers import DataCollatorWithPadding
 
@@ -46,3 +60,22 @@ def compute_metrics(logits: Any, labels: Any) -> dict[str, float]:
         "recall": float(recall),
         "f1": float(f1),
     }
+
+
+def evaluator(ctx: Any, split: str) -> Evaluator:
+    """Scores a split from the classifier's logits (the Trainer adds the loss)."""
+    return Evaluator(compute_metrics=lambda p: compute_metrics(p.predictions, p.label_ids))
+
+
+TASK = Task(
+    name="sequence-classification",
+    description="one label per text (or text pair): sentiment, topic, entailment",
+    metrics=METRICS,
+    default_metric="accuracy",
+    roles=ROLES,
+    auto_class="AutoModelForSequenceClassification",
+    load_model=load_model,
+    init_head=reinit_linear_head,
+    collator=collator,
+    evaluator=evaluator,
+)

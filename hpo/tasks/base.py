@@ -1,0 +1,118 @@
+"""The :class:`Task` record: everything hpo knows about one kind of fine-tuning task.
+
+Nothing outside ``hpo/tasks/`` assumes labels, classification heads or "higher is better":
+the data loader asks the task for its column roles and label vocabulary, the training path
+for its model class, head initialisation, collator and evaluation, the study file for its
+metrics and their directions, the report for which metrics are fractions. Importing this
+module imports nothing heavy; a task's functions import torch and transformers when called.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One validation metric a task reports."""
+
+    name: str
+    """As written in ``objective.metric`` and stored as the ``val_<name>`` trial attribute."""
+    direction: str
+    """``maximize`` or ``minimize``: the objective's default direction for this metric."""
+    fraction: bool = True
+    """A value in [0, 1] (plots put it on a 0..1 axis); loss and perplexity are not."""
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Role:
+    """A column a task reads: its name in hpo's frames and its ``data:`` key in a study file."""
+
+    name: str
+    """The ``data:`` key (``text``, ``label``) and the column's name in the loaded frames."""
+    default: str | None
+    """The source column it reads when the study file does not say (None: only if given)."""
+    required: bool = True
+    """False: used when present (``text_pair``)."""
+    description: str = ""
+
+
+@dataclass
+class Evaluator:
+    """How the Trainer scores one evaluation split for a task.
+
+    ``compute_metrics`` gets the Trainer's ``EvalPrediction``; ``preprocess_logits`` (optional)
+    shrinks each batch's logits before the Trainer accumulates them (a causal LM's vocabulary
+    logits would not fit). ``model`` is set to the model being trained before each evaluation,
+    for tasks that generate text to score it.
+    """
+
+    compute_metrics: Callable[[Any], dict[str, float]]
+    preprocess_logits: Callable[[Any, Any], Any] | None = None
+    model: Any = None
+
+
+@dataclass(frozen=True)
+class Task:
+    """One kind of task (sequence classification, NER, QA, ...)."""
+
+    name: str
+    """Registry name, as written in study files (``sequence-classification``)."""
+    description: str
+    """One line for ``hpo validate`` and the README."""
+    metrics: tuple[Metric, ...]
+    """Validation metrics the task reports; the objective optimises one of them."""
+    default_metric: str
+    """The objective when a study file names none."""
+    roles: tuple[Role, ...]
+    """Columns the task reads from the data (``data:`` keys)."""
+    auto_class: str
+    """The transformers Auto class of its models (``AutoModelForSequenceClassification``)."""
+    load_model: Callable[[str, list[str]], Any]
+    """(model path, label names) -> the pretrained model with this task's head."""
+    init_head: Callable[[Any, int], None]
+    """(fresh copy of the base model, seed) -> re-initialise the task head from the seed, so a
+    trial and its retrain start from the same weights whichever trials ran before."""
+    collator: Callable[[Any, Any], Any]
+    """(tokenizer, model) -> the data collator that pads each batch."""
+    evaluator: Callable[[Any, str], Evaluator]
+    """(worker context, split name) -> how that split is scored."""
+    label_columns: tuple[str, ...] = ("labels",)
+    """The dataset columns the model's loss reads (the Trainer's ``label_names``)."""
+    prefix_tuning: bool = False
+    """Whether PEFT prefix tuning runs for this task (it needs a decoder's key/value cache)."""
+    options: dict[str, Any] = field(default_factory=dict)
+    """Task options a study file may set under ``task:``, with their defaults."""
+
+    def metric(self, name: str) -> Metric:
+        """The metric called ``name``.
+
+        Raises:
+            KeyError: the task has no such metric.
+        """
+        for m in self.metrics:
+            if m.name == name:
+                return m
+        raise KeyError(name)
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        """Names of the task's metrics, in the order it reports them."""
+        return tuple(m.name for m in self.metrics)
+
+    @property
+    def chart_metrics(self) -> tuple[tuple[str, ...], bool]:
+        """The metrics a bar chart shows side by side, and whether they share a 0..1 axis.
+
+        The fractions (accuracy, F1, exact match, ROUGE) when the task has any; else every
+        metric (a loss and a perplexity), each on its own scale.
+        """
+        fractions = tuple(m.name for m in self.metrics if m.fraction)
+        return (fractions, True) if fractions else (self.metric_names, False)
+
+    def direction(self, metric: str) -> str:
+        """``maximize`` or ``minimize`` for one of the task's metrics."""
+        return self.metric(metric).direction

@@ -1,6 +1,6 @@
 """Worker overhead: how much of a worker's time goes into training and evaluation.
 
-Runs ``hpo.launch.launch`` (what ``hpo run --workers 2`` runs) on a tiny BERT (2 layers,
+Runs ``hpo.drivers.local.launch`` (what ``hpo run --workers 2`` runs) on a tiny BERT (2 layers,
 32 wide, the MiniLM tokenizer; built here from a config) and the built-in reviews data, then
 reads every trial back from the storage. Per worker:
 
@@ -193,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from hpo.config import load_study
     from hpo.drivers.local import launch
+    from hpo.options import resolve_options
     from hpo.storage import open_storage, redact
 
     drop = None
@@ -207,7 +208,17 @@ def main(argv: list[str] | None = None) -> int:
             spec = load_study(study_file(folder, model, args.steps, args.trials))
             load_before = os.getloadavg()[0]
             launched_at = time.time()
-            launch(spec, url, workers=args.workers, n_trials=args.trials, stream=open(os.devnull, "w"))
+            opts = resolve_options({"workers": args.workers, "n_trials": args.trials}, spec)
+            launch(
+                spec,
+                url,
+                workers=opts.workers,
+                gpus=opts.gpus,
+                trials_per_gpu=opts.trials_per_gpu,
+                n_trials=opts.n_trials,
+                timeout=opts.timeout,
+                stream=open(os.devnull, "w"),
+            )
             total = time.time() - launched_at
             trials = optuna.load_study(
                 study_name="overhead", storage=open_storage(url, heartbeat=False)

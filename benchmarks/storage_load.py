@@ -2,7 +2,7 @@
 
 Each worker is what ``hpo run --workers N`` starts, minus the training: it opens the storage
 the way hpo does (``hpo.storage.open_storage``: bounded pool, pre-ping, heartbeats with the
-default 10 s interval and the retry callback) and runs ``hpo.launch.optimize_loop`` with the
+default 10 s interval and the retry callback) and runs ``hpo.drivers.loop.optimize_loop`` with the
 run's shared budget, on a function objective (``x`` suggested, returned). What is measured
 is the storage path: ask, heartbeat, report, tell, the budget, the stale-trial sweeper.
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from hpo.config import ConfigError, StudySpec, load_study
 from hpo.errors import UserError
+from hpo.options import resolve_storage
 from hpo.space import SearchSpace, TrialConfig
-from hpo.storage import resolve_storage
 
 __all__ = [
     "ConfigError",

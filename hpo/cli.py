@@ -35,10 +35,11 @@ def _overrides(pairs: list[str] | None) -> dict[str, Any]:
     return out
 
 
-def _storage(args: argparse.Namespace, file_value: str | None = None) -> str:
-    from hpo.storage import resolve_storage
+def _storage(args: argparse.Namespace) -> str:
+    """The storage URL of a command without a study file (flag > HPO_STORAGE > default)."""
+    from hpo.options import resolve_storage
 
-    return resolve_storage(getattr(args, "storage", None), file_value)
+    return resolve_storage(getattr(args, "storage", None))
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -71,7 +72,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
             continue
         try:
             if isinstance(raw, dict) and raw.get("kind") == "retrain":
-                from hpo.export import load_retrain_spec
+                from hpo.config import load_retrain_spec
 
                 rspec = load_retrain_spec(f, read_data=True)
                 print(f"{f}: ok (retraining spec: {rspec.summary()})")
@@ -99,18 +100,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from datetime import datetime
 
     from hpo.display import print_summary
+    from hpo.options import resolve_options
     from hpo.results import run_failure
     from hpo.storage import backend_name, redact
 
     spec = _load(args)
-    url = _storage(args, spec.storage)
-    workers = args.workers if args.workers is not None else spec.execution.workers
-    n_trials = args.n_trials if args.n_trials is not None else spec.budget.n_trials
-    timeout = args.timeout if args.timeout is not None else spec.budget.timeout
-    gpus = args.gpus if args.gpus is not None else spec.execution.gpus
-    per_gpu = args.trials_per_gpu if args.trials_per_gpu is not None else spec.execution.trials_per_gpu
+    opts = resolve_options(vars(args), spec)  # flag > env > study file > default, every option
+    url = opts.storage
     print(
-        f"study {spec.name!r} in {redact(url)}: {n_trials} trials, space {spec.space_ref} "
+        f"study {spec.name!r} in {redact(url)}: {opts.n_trials} trials, space {spec.space_ref} "
         f"({', '.join(spec.space.strategies)}), {spec.objective.metric} ({spec.direction})",
         flush=True,
     )
@@ -126,27 +124,27 @@ def cmd_run(args: argparse.Namespace) -> int:
             spec,
             url,
             address=args.address,
-            n_trials=n_trials,
-            timeout=timeout,
+            n_trials=opts.n_trials,
+            timeout=opts.timeout,
             workers=args.workers,  # the file's execution.workers is about local worker processes
-            gpus=gpus,
-            trials_per_gpu=per_gpu,
+            gpus=opts.gpus,
+            trials_per_gpu=opts.trials_per_gpu,
         )
-    elif workers == 1 and not gpus:
+    elif opts.workers == 1 and not opts.gpus:
         from hpo.drivers.worker import run_worker
 
-        study = run_worker(spec, url, n_trials=n_trials, timeout=timeout)
+        study = run_worker(spec, url, n_trials=opts.n_trials, timeout=opts.timeout)
     else:
         from hpo.drivers.local import launch
 
         study = launch(
             spec,
             url,
-            workers=workers,
-            gpus=gpus,
-            trials_per_gpu=per_gpu,
-            n_trials=n_trials,
-            timeout=timeout,
+            workers=opts.workers,
+            gpus=opts.gpus,
+            trials_per_gpu=opts.trials_per_gpu,
+            n_trials=opts.n_trials,
+            timeout=opts.timeout,
         )
     print_summary(study)
     ours = [t for t in study.get_trials(deepcopy=False) if t.datetime_start and t.datetime_start >= started]
@@ -158,14 +156,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from hpo.drivers.worker import run_worker
+    from hpo.options import resolve_options
 
     spec = _load(args)
-    url = _storage(args, spec.storage)
+    opts = resolve_options(vars(args), spec)
     run_worker(
         spec,
-        url,
-        n_trials=args.n_trials,
-        timeout=args.timeout,
+        opts.storage,
+        n_trials=opts.n_trials,
+        timeout=opts.timeout,
         create=False,
         worker_index=1,
         sampler_salt=f"{socket.gethostname()}:{os.getpid()}",  # no two joining workers sample alike

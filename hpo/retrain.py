@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hpo.config import RetrainSpec, load_retrain_spec
 from hpo.errors import UserError
-from hpo.export import RetrainSpec, load_retrain_spec
 from hpo.tasks import get_task
 
 MODEL_INFO = "hpo_model.json"

@@ -179,7 +179,7 @@ class SearchSpace:
         return "\n".join(lines)
 
 
-def _parse_param(raw: Any, path: str, problems: list[str]) -> Param | None:
+def parse_param(raw: Any, path: str, problems: list[str]) -> Param | None:
     if isinstance(raw, list):
         if not raw:
             problems.append(f"{path}: empty list of choices (expected at least one value)")
@@ -200,7 +200,7 @@ def _parse_param(raw: Any, path: str, problems: list[str]) -> Param | None:
             if not isinstance(raw["choices"], list):
                 problems.append(f"{path}.choices: expected a list, got {type(raw['choices']).__name__}")
                 return None
-            return _parse_param(raw["choices"], path, problems)
+            return parse_param(raw["choices"], path, problems)
         extra = set(raw) - {"low", "high", "log", "step", "type"}
         if extra:
             problems.append(f"{path}: unknown key(s) {sorted(extra)} (expected low, high, log, step, type)")
@@ -256,7 +256,7 @@ _TYPES = {
 }
 
 
-def _check_values(name: str, p: Param, path: str, problems: list[str]) -> None:
+def check_values(name: str, p: Param, path: str, problems: list[str]) -> None:
     """Range sanity for the training arguments that have an obvious domain."""
     want = _TYPES.get(name)
     if want is None:
@@ -316,7 +316,7 @@ def parse_space(
     if "strategy" not in raw:
         err("strategy: missing (expected a list of strategies, e.g. [full, lora])")
         return None
-    strategy = _parse_param(raw["strategy"], "strategy", local)
+    strategy = parse_param(raw["strategy"], "strategy", local)
     if strategy is not None:
         unknown = [s for s in strategy.candidates() if s not in STRATEGIES]
         if unknown:
@@ -337,9 +337,9 @@ def parse_space(
                 "strategy parameters go under strategies.<name>)"
             )
             continue
-        p = _parse_param(val, key, local)
+        p = parse_param(val, key, local)
         if p is not None:
-            _check_values(key, p, key, local)
+            check_values(key, p, key, local)
             shared[key] = p
     per: dict[str, dict[str, Param]] = {}
     raw_per = raw.get("strategies") or {}
@@ -371,9 +371,9 @@ def parse_space(
                     f"{path}: unknown parameter for strategy {sname!r} (its parameters: {known}; or a shared one)"
                 )
                 continue
-            p = _parse_param(val, path, local)
+            p = parse_param(val, path, local)
             if p is not None:
-                _check_values(key, p, path, local)
+                check_values(key, p, path, local)
                 per[sname][key] = p
     # Strategy-specific checks against the model, over every value the space can produce.
     for sname in chosen if strategy is not None else []:

@@ -1,5 +1,6 @@
-"""Storage URLs: resolution (flag > env > file > default), redaction, RDB engine settings,
-heartbeats, and the retry of trials whose worker died.
+"""Storage URLs: the default and its environment variable (resolved with the other run options
+in :mod:`hpo.options`), redaction, RDB engine settings, heartbeats, and the retry of trials
+whose worker died.
 
 Workers are stateless; the study in the database is the state. A worker records a heartbeat
 for its running trial every ``heartbeat_interval`` seconds; any worker that starts a trial
@@ -32,14 +33,6 @@ SQLITE_MAX_WORKERS = 4
 
 class StorageError(UserError):
     """A storage URL that is malformed or a database that cannot be reached (a user error)."""
-
-
-def resolve_storage(flag: str | None = None, file_value: str | None = None) -> str:
-    """Pick the storage URL: ``--storage``, else ``HPO_STORAGE``, else the study file, else the default."""
-    for candidate in (flag, os.environ.get(ENV_VAR), file_value):
-        if candidate:
-            return candidate
-    return DEFAULT_STORAGE
 
 
 # scheme://user:PASSWORD@host  and  ?password=PASSWORD / &passwd=PASSWORD in a query string

@@ -6,8 +6,64 @@ from pathlib import Path
 
 import pytest
 
-from hpo.cli import main
-from hpo.storage import DEFAULT_STORAGE, resolve_storage
+from hpo.cli import build_parser, main
+from hpo.config import load_study
+from hpo.options import OPTIONS, RunOptions, resolve_options, resolve_storage
+from hpo.storage import DEFAULT_STORAGE
+
+# option -> (a flag value, the study-file section that sets it, the file's value, the default)
+PRECEDENCE_CASES: dict[str, tuple[object, dict[str, object], object, object]] = {
+    "storage": ("sqlite:///flag.db", {"storage": "sqlite:///file.db"}, "sqlite:///file.db", DEFAULT_STORAGE),
+    "workers": (3, {"execution": {"workers": 2}}, 2, 1),
+    "n_trials": (7, {"budget": {"n_trials": 5}}, 5, 20),
+    "timeout": (30.0, {"budget": {"timeout": 60}}, 60, None),
+    "gpus": ([1], {"execution": {"gpus": [0, 2]}}, [0, 2], None),
+    "trials_per_gpu": (4, {"execution": {"trials_per_gpu": 2}}, 2, 1),
+}
+
+
+def _study_file(tmp_path: Path, name: str, extra: dict[str, object]) -> Path:
+    from hpo._yaml import dump_yaml
+
+    # a hub id needs no model on disk; the shipped quickstart space
+    study = {"name": "p", "model": "org/model", "data": {"source": "builtin:reviews"}, "space": "quickstart"}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(dump_yaml({**study, **extra}))
+    return path
+
+
+def test_every_run_option_has_one_precedence_case_and_one_flag() -> None:
+    """OPTIONS, RunOptions and `hpo run`'s flags name the same options (a flag named otherwise
+    would silently never win)."""
+    assert set(OPTIONS) == set(RunOptions.__dataclass_fields__) == set(PRECEDENCE_CASES)
+    run = build_parser().commands["run"]
+    assert set(OPTIONS) <= {a.dest for a in run._actions}
+
+
+@pytest.mark.parametrize("name", list(PRECEDENCE_CASES))
+def test_precedence_flag_env_file_default(name: str, tmp_path: Path) -> None:
+    flag, section, file_value, default = PRECEDENCE_CASES[name]
+    with_key = load_study(_study_file(tmp_path, "with", section))
+    without_key = load_study(_study_file(tmp_path, "without", {}))
+    env_var = OPTIONS[name].env
+    env = {env_var: "sqlite:///env.db"} if env_var else {}
+
+    def get(flags: dict[str, object], spec: object, environ: dict[str, str]) -> object:
+        return getattr(resolve_options(flags, spec, environ), name)
+
+    # default: no flag, no environment, the file leaves the key out (or there is no file)
+    assert get({}, None, {}) == default
+    assert get({}, without_key, {}) == default
+    assert get({name: None}, without_key, {name.upper(): "ignored"}) == default
+    # file beats default
+    assert get({}, with_key, {}) == file_value
+    # environment beats file (for the options that have a variable: HPO_STORAGE)
+    if env_var:
+        assert get({}, with_key, env) == env[env_var]
+        assert get({}, with_key, {env_var: ""}) == file_value  # an empty variable is not set
+    # flag beats everything
+    assert get({name: flag}, with_key, env) == flag
+    assert get({name: flag}, None, {}) == flag
 
 
 def test_storage_precedence_flag_env_file_default(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -17,6 +73,7 @@ def test_storage_precedence_flag_env_file_default(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("HPO_STORAGE", "sqlite:///env.db")
     assert resolve_storage(None, "sqlite:///file.db") == "sqlite:///env.db"
     assert resolve_storage("sqlite:///flag.db", "sqlite:///file.db") == "sqlite:///flag.db"
+    assert resolve_storage("", "sqlite:///file.db") == "sqlite:///env.db"  # --storage "" is not given
 
 
 def test_bad_set_is_a_one_line_user_error(capsys: pytest.CaptureFixture[str]) -> None:

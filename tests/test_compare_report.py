@@ -45,7 +45,7 @@ def db(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterat
             pruner={"name": "percentile", "percentile": 99.0, "n_startup_trials": 1, "n_warmup_steps": 0},
             sampler={"name": "random", "seed": 3},
         )
-        run_worker(load_study(path), url, quiet=True)
+        run_worker(load_study(path), url, n_trials=5, timeout=None, quiet=True)
     _synthetic(url)
     yield url
 

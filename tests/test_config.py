@@ -239,7 +239,7 @@ def test_prompt_tuning_virtual_tokens_count_against_max_length(
 
 
 def test_retraining_spec_max_length_is_checked_too(tmp_path: Path) -> None:
-    from hpo.export import load_retrain_spec
+    from hpo.config import load_retrain_spec
 
     bert = _model_dir(tmp_path, model_type="bert", max_position_embeddings=64, num_hidden_layers=2)
     f = tmp_path / "r.yaml"

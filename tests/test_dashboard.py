@@ -48,7 +48,7 @@ def db(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterat
         mp.setenv("HPO_CACHE_DIR", str(root / "cache"))
         mp.setattr("hpo.context.CACHE_DIR", root / "cache")
         path = write_study(root, tiny_model_dir, name="dash", description="tiny dashboard study")
-        run_worker(load_study(path), url, n_trials=2, quiet=True)
+        run_worker(load_study(path), url, n_trials=2, timeout=None, quiet=True)
     yield url
 
 

@@ -13,9 +13,9 @@ from conftest import write_study
 
 from hpo._yaml import dump_yaml, load_yaml
 from hpo.cli import main
-from hpo.config import ConfigError, load_study
+from hpo.config import ConfigError, load_retrain_spec, load_study
 from hpo.drivers.worker import run_worker
-from hpo.export import load_retrain_spec, retrain_dict
+from hpo.export import retrain_dict
 from hpo.retrain import load_trained, retrain
 from hpo.space import TRAINING_DEFAULTS
 
@@ -52,7 +52,7 @@ def db(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterat
         study = optuna.create_study(study_name="exp", storage=url, direction="maximize")
         for params in ENQUEUED:
             study.enqueue_trial(params)
-        run_worker(load_study(path), url, n_trials=3, quiet=True)
+        run_worker(load_study(path), url, n_trials=3, timeout=None, quiet=True)
     failed = optuna.trial.create_trial(state=TS.FAIL, params={}, distributions={})
     study.add_trial(failed)
     yield url
@@ -133,14 +133,12 @@ def test_export_redacts_the_storage_password(db: str) -> None:
 
 
 def test_export_resolves_a_relative_local_source(tmp_path: Path) -> None:
-    from hpo.export import _resolved_source
+    from hpo.config.retrain import resolved_source
 
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "reviews.csv").write_text("text,label\na,0\nb,1\n")
-    assert _resolved_source("data/reviews.csv", tmp_path) == str(
-        (tmp_path / "data" / "reviews.csv").resolve()
-    )
-    assert _resolved_source("builtin:reviews", tmp_path) == "builtin:reviews"
+    assert resolved_source("data/reviews.csv", tmp_path) == str((tmp_path / "data" / "reviews.csv").resolve())
+    assert resolved_source("builtin:reviews", tmp_path) == "builtin:reviews"
 
 
 def test_invalid_spec_lists_every_problem(
@@ -283,7 +281,7 @@ def test_select_best_takes_the_best_evaluation_and_retrain_stops_there(
         budget={"n_trials": 4, "max_epochs": 2, "evals_per_epoch": 4},
         sampler={"name": "random", "skip_repeats": None},  # every trial trains
     )
-    study = run_worker(load_study(path), url, n_trials=4, quiet=True)
+    study = run_worker(load_study(path), url, n_trials=4, timeout=None, quiet=True)
     trials = [t for t in study.trials if t.state == TS.COMPLETE]
     assert len(trials) == 4
     for t in trials:

@@ -114,10 +114,10 @@ def test_trials_retry_at_half_the_micro_batch_and_the_study_goes_on(
     ctx = prepare(spec)
     # Micro-batch 16 "does not fit"; 8 neither; 4 does.
     monkeypatch.setenv(INJECT_ENV, "4")
-    run_worker(spec, url, n_trials=1, quiet=True, ctx=ctx)
+    run_worker(spec, url, n_trials=1, timeout=None, quiet=True, ctx=ctx)
     # Now nothing fits: trials fail with the reason, and the next trial still runs.
     monkeypatch.setenv(INJECT_ENV, "0")
-    study = run_worker(spec, url, n_trials=2, quiet=True, ctx=ctx)
+    study = run_worker(spec, url, n_trials=2, timeout=None, quiet=True, ctx=ctx)
 
     trials = study.get_trials()
     assert [t.state for t in trials] == [TS.COMPLETE, TS.FAIL, TS.FAIL]

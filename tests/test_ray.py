@@ -55,10 +55,19 @@ def test_two_concurrent_ray_trials_land_in_the_shared_study(
     tmp_path: Path, tiny_model_dir: Path, local_ray: None, ray_results: Path
 ) -> None:
     from hpo.drivers.ray import run_ray
+    from hpo.options import resolve_options
 
     url = f"sqlite:///{tmp_path / 'hpo.db'}"
     spec = load_study(write_study(tmp_path, tiny_model_dir, training={"max_train_steps": 30}))
-    study = run_ray(spec, url, n_trials=2)
+    opts = resolve_options({"n_trials": 2}, spec)
+    study = run_ray(
+        spec,
+        url,
+        n_trials=opts.n_trials,
+        timeout=opts.timeout,
+        gpus=opts.gpus,
+        trials_per_gpu=opts.trials_per_gpu,
+    )
 
     # The same study as the Optuna driver's: the settings stored by open_study, same name.
     stored = optuna.load_study(study_name="tiny", storage=url)

@@ -115,7 +115,7 @@ def test_failing_trial_is_recorded_and_the_study_goes_on(tmp_path: Path, tiny_mo
         budget={"n_trials": 4, "max_epochs": 1, "evals_per_epoch": 1},
     )
     spec = load_study(path)
-    run_worker(spec, url, quiet=True)
+    run_worker(spec, url, n_trials=4, timeout=None, quiet=True)
     trials = _study(url).get_trials()
     assert len(trials) == 4
     failed = [t for t in trials if t.state == TS.FAIL]

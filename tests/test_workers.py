@@ -161,13 +161,24 @@ def test_four_workers_share_one_study_on_a_server_database(
 ) -> None:
     from hpo.config import load_study
     from hpo.drivers.local import launch
+    from hpo.options import resolve_options
 
     url = service_url(kind)
     if kind == "postgresql":
         # Trust authentication ignores the password; it must still never surface anywhere.
         url = url.replace("postgres@", f"postgres:{SECRET}@")
     spec = load_study(_study_file(tmp_path, tiny_model_dir, steps=4))
-    study = launch(spec, url, workers=4, n_trials=8, poll_seconds=0.5)
+    opts = resolve_options({"workers": 4, "n_trials": 8}, spec)
+    study = launch(
+        spec,
+        url,
+        workers=opts.workers,
+        gpus=opts.gpus,
+        trials_per_gpu=opts.trials_per_gpu,
+        n_trials=opts.n_trials,
+        timeout=opts.timeout,
+        poll_seconds=0.5,
+    )
     trials = study.get_trials()
     assert len(trials) == 8 and all(t.state == TS.COMPLETE for t in trials)
     _assert_accounted(trials)

@@ -158,6 +158,7 @@ def _worker_main(
         run_worker(
             spec,
             url,
+            n_trials=None,  # the run's shared budget counts the trials
             timeout=timeout,
             worker_index=slot.index + 1,
             create=False,
@@ -263,24 +264,26 @@ def launch(
     spec: StudySpec,
     url: str,
     *,
-    workers: int | str | None = None,
-    gpus: list[int] | None = None,
-    trials_per_gpu: int | None = None,
-    n_trials: int | None = None,
-    timeout: float | None = None,
+    workers: int | str,
+    gpus: list[int] | None,
+    trials_per_gpu: int,
+    n_trials: int,
+    timeout: float | None,
     stream: Any = None,
     poll_seconds: float = 2.0,
 ) -> Any:
     """Run the study with one local worker process per slot; returns the study.
 
+    The run options come resolved (flag > env > study file > default: :mod:`hpo.options`).
+
     Args:
         spec: the study.
         url: storage URL (SQLite is refused above ``SQLITE_MAX_WORKERS`` workers).
-        workers: N, ``"auto"`` or None (the study's ``execution.workers``).
-        gpus: GPU indices (default: the study's ``execution.gpus``, else every visible GPU).
-        trials_per_gpu: workers per GPU (default: the study's ``execution.trials_per_gpu``).
-        n_trials: new trials for the whole run (default: ``budget.n_trials``).
-        timeout: seconds after which no new trial starts (default: ``budget.timeout``).
+        workers: N or ``"auto"``.
+        gpus: GPU indices; None: every visible GPU.
+        trials_per_gpu: workers per GPU.
+        n_trials: new trials for the whole run.
+        timeout: seconds after which no new trial starts; None: no limit.
         stream: where the live display goes (default: stdout).
         poll_seconds: seconds between storage polls for the display.
 
@@ -293,15 +296,7 @@ def launch(
     from hpo.storage import check_workers
 
     stream = stream or sys.stdout
-    ex = spec.execution
-    n_trials = n_trials if n_trials is not None else spec.budget.n_trials
-    timeout = timeout if timeout is not None else spec.budget.timeout
-    slots = plan_slots(
-        workers if workers is not None else ex.workers,
-        gpus if gpus else ex.gpus,
-        trials_per_gpu or ex.trials_per_gpu,
-        ex.device,
-    )
+    slots = plan_slots(workers, gpus, trials_per_gpu, spec.execution.device)
     check_workers(url, len(slots))
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)

@@ -441,14 +441,14 @@ def _progress_callback(spec: StudySpec, study: Any, stream: Any) -> Any:
 
 
 def trial_resources(
-    spec: StudySpec, gpus: list[int] | None, trials_per_gpu: int | None, cluster: dict[str, float]
+    spec: StudySpec, gpus: list[int] | None, trials_per_gpu: int, cluster: dict[str, float]
 ) -> dict[str, float]:
     """Resources per Ray trial: a 1/K share of a GPU when GPUs are used, else CPUs.
 
     GPUs are used when ``--gpus`` is given or the cluster has GPUs and the study's device is not
     cpu. ``trials_per_gpu`` K packs K trials on one GPU (fractional GPU resource).
     """
-    k = max(1, trials_per_gpu or spec.execution.trials_per_gpu or 1)
+    k = max(1, trials_per_gpu)
     use_gpu = spec.execution.device != "cpu" and (bool(gpus) or cluster.get("GPU", 0) > 0)
     if use_gpu:
         return {"cpu": 1.0, "gpu": 1.0 / k}
@@ -460,21 +460,23 @@ def run_ray(
     url: str,
     *,
     address: str | None = None,
-    n_trials: int | None = None,
-    timeout: float | None = None,
+    n_trials: int,
+    timeout: float | None,
     workers: int | str | None = None,
-    gpus: list[int] | None = None,
-    trials_per_gpu: int | None = None,
+    gpus: list[int] | None,
+    trials_per_gpu: int,
     stream: Any = None,
 ) -> Any:
     """Run the study's trials on Ray Tune (ASHA) into the study's Optuna storage; returns the study.
+
+    The run options come resolved (flag > env > study file > default: :mod:`hpo.options`).
 
     Args:
         spec: the study.
         url: the Optuna storage every Ray worker can reach (a server database on a cluster).
         address: Ray cluster address (HOST:PORT, ``auto``); None starts or joins a local Ray.
-        n_trials: Ray trials to run (default ``budget.n_trials``).
-        timeout: seconds after which no new trial starts; trials in flight finish.
+        n_trials: Ray trials to run.
+        timeout: seconds after which no new trial starts (None: no limit); trials in flight finish.
         workers: most trials at once; None or ``auto``: as many as the cluster's resources fit
             when the run starts (never more: a trial asked for waits for no resources).
         gpus: use GPUs (Ray picks which; the list only says that GPUs are wanted).
@@ -502,8 +504,6 @@ def run_ray(
         raise UserError("--backend ray needs Ray Tune: pip install 'hpo[ray]'") from None
 
     stream = stream or sys.stdout
-    n_trials = n_trials if n_trials is not None else spec.budget.n_trials
-    timeout = timeout if timeout is not None else spec.budget.timeout
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     quiet_libraries()
     # Data errors before Ray starts; the tokenized cache is warmed on this node. A resumed

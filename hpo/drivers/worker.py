@@ -18,8 +18,8 @@ def run_worker(
     spec: StudySpec,
     storage_url: str,
     *,
-    n_trials: int | None = None,
-    timeout: float | None = None,
+    n_trials: int | None,
+    timeout: float | None,
     worker_index: int = 0,
     create: bool = True,
     quiet: bool = False,
@@ -29,6 +29,9 @@ def run_worker(
     threads: int | str | None = None,
 ) -> Any:
     """Load data once, open the study and optimize; returns the study.
+
+    ``n_trials`` and ``timeout`` come resolved (:mod:`hpo.options`); None: no limit (a
+    ``budget`` counts the trials instead).
 
     Data and storage problems raise before any trial starts; a trial that raises is stored
     as FAIL with its reason and the loop goes on. Trials of dead workers (stale heartbeat, or
@@ -72,8 +75,8 @@ def run_worker(
     optimize_loop(
         run.study,
         objective,
-        n_trials=n_trials if n_trials is not None else spec.budget.n_trials,
-        timeout=timeout if timeout is not None else spec.budget.timeout,
+        n_trials=n_trials,
+        timeout=timeout,
         callbacks=[] if quiet else [printer],
         budget=budget,
         first_number=run.first_number,

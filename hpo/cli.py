@@ -7,6 +7,7 @@ Heavy packages (torch, transformers, ray) are imported only by the commands that
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import socket
@@ -100,6 +101,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from datetime import datetime
 
     from hpo.display import print_summary
+    from hpo.drivers import get_driver
     from hpo.options import resolve_options
     from hpo.results import run_failure
     from hpo.storage import backend_name, redact
@@ -117,35 +119,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     started = datetime.now()
     if backend_name(url) == "mysql":
         started = started.replace(microsecond=0)
+    # Ray reads the --workers flag only: the file's execution.workers is about local processes.
     if args.backend == "ray":
-        from hpo.drivers.ray import run_ray
-
-        study = run_ray(
-            spec,
-            url,
-            address=args.address,
-            n_trials=opts.n_trials,
-            timeout=opts.timeout,
-            workers=args.workers,  # the file's execution.workers is about local worker processes
-            gpus=opts.gpus,
-            trials_per_gpu=opts.trials_per_gpu,
-        )
-    elif opts.workers == 1 and not opts.gpus:
-        from hpo.drivers.worker import run_worker
-
-        study = run_worker(spec, url, n_trials=opts.n_trials, timeout=opts.timeout)
-    else:
-        from hpo.drivers.local import launch
-
-        study = launch(
-            spec,
-            url,
-            workers=opts.workers,
-            gpus=opts.gpus,
-            trials_per_gpu=opts.trials_per_gpu,
-            n_trials=opts.n_trials,
-            timeout=opts.timeout,
-        )
+        opts = dataclasses.replace(opts, workers=args.workers or "auto")
+    study = get_driver(args.backend)(spec, opts, address=args.address)
     print_summary(study)
     ours = [t for t in study.get_trials(deepcopy=False) if t.datetime_start and t.datetime_start >= started]
     failure = run_failure(ours)

@@ -93,7 +93,8 @@ def test_two_concurrent_ray_trials_land_in_the_shared_study(
 
 
 def test_searcher_marks_stopped_trials_fails_errored_ones_and_pickles_no_storage(tmp_path: Path) -> None:
-    from hpo.drivers.ray import EVAL_KEY, FINAL_KEY, _searcher_class
+    from hpo.drivers.ray import _searcher_class
+    from hpo.drivers.ray_trial import EVAL_KEY, FINAL_KEY
     from hpo.storage import open_storage
 
     url = f"sqlite:///{tmp_path / 'hpo.db'}"

@@ -93,8 +93,7 @@ def data_spec(a: argparse.Namespace) -> Any:
 
     return DataSpec(
         source=str(Path(a.data).resolve()),
-        text="sentence",
-        label="label",
+        columns={"text": "sentence", "label": "label"},
         train_limit=a.train_limit,
         validation="dev.tsv",
         validation_limit=a.validation_limit,

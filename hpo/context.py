@@ -69,7 +69,15 @@ def prepare(spec: StudySpec, need_test: bool = False, worker: str | None = None)
     splits = (
         ("train", "validation", "test") if need_test and data.test is not None else ("train", "validation")
     )
-    datasets = tokenize(data, tokenizer, spec.data.max_length, CACHE_DIR / "tokenized", splits=splits)
+    datasets = tokenize(
+        data,
+        tokenizer,
+        spec.data.max_length,
+        CACHE_DIR / "tokenized",
+        splits=splits,
+        task=spec.task,
+        options=task_options(spec),
+    )
     # Metrics do not depend on the evaluation order, padding does: batches of similar length
     # pad least (SST-2 dev, 64 per batch: about half the padded tokens of file order).
     datasets["validation"] = sorted_by_length(datasets["validation"])
@@ -81,6 +89,11 @@ def prepare(spec: StudySpec, need_test: bool = False, worker: str | None = None)
         device=pick_device(spec.execution.device),
         worker=worker or f"{socket.gethostname()}:{os.getpid()}",
     )
+
+
+def task_options(spec: StudySpec) -> dict[str, Any]:
+    """The task's options: its defaults, with what the study file sets."""
+    return {**get_task(spec.task).options, **spec.task_options}
 
 
 def sorted_by_length(ds: Any) -> Any:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from hpo.config import EXTRA_TRAINING_KEYS, KIND, ConfigError, load_retrain_spec, objective_dict
-from hpo.config.retrain import DATA_KEYS, budget_dict, resolved_source
+from hpo.config.retrain import budget_dict, data_keys, resolved_source, task_entry
 from hpo.errors import UserError
 from hpo.space import TRAINING_DEFAULTS
 
@@ -76,7 +76,9 @@ def retrain_dict(study: Any, trial: Any, storage_url: str) -> dict[str, Any]:
     for key, default in EXTRA_TRAINING_KEYS.items():
         training[key] = cfg["training"].get(key, study_training.get(key, default))
 
-    data = {k: v for k, v in (hpo_config.get("data") or {}).items() if k in DATA_KEYS}
+    task = hpo_config.get("task", "sequence-classification")
+    keys = data_keys(task) if task in TASKS else ()
+    data = {k: v for k, v in (hpo_config.get("data") or {}).items() if k in keys}
     data["source"] = resolved_source(str(data.get("source", "")), base_dir)
     data["fingerprint"] = study.user_attrs.get("data_fingerprint")
 
@@ -86,7 +88,6 @@ def retrain_dict(study: Any, trial: Any, storage_url: str) -> dict[str, Any]:
     except ValueError:
         model_path = model
     metric = study.user_attrs.get("metric") or hpo_config.get("objective", {}).get("metric", "accuracy")
-    task = hpo_config.get("task", "sequence-classification")
     known = TASKS[task].metric_names if task in TASKS else ()
     # val_runtime and friends are Trainer timings, not metrics
     validation = {m: trial.user_attrs[f"val_{m}"] for m in known if f"val_{m}" in trial.user_attrs}
@@ -130,7 +131,7 @@ def retrain_dict(study: Any, trial: Any, storage_url: str) -> dict[str, Any]:
     )
     return {
         "kind": KIND,
-        "task": task,
+        "task": task_entry(task, hpo_config.get("task_options") or {}),
         "model": {"name": model, "path": model_path},
         "data": data,
         "strategy": {"name": cfg["strategy"], "params": dict(cfg["strategy_params"])},

@@ -14,7 +14,7 @@ from hpo.config import StudySpec, study_as_dict
 from hpo.errors import UserError
 
 # Keys of the stored study config that must agree before a worker may add trials.
-_MUST_MATCH = ("task", "model", "data", "space", "objective", "budget", "training", "seed")
+_MUST_MATCH = ("task", "task_options", "model", "data", "space", "objective", "budget", "training", "seed")
 
 
 class StudyMismatchError(UserError):

@@ -51,7 +51,10 @@ def _write(df: pd.DataFrame, path: Path) -> Path:
 
 
 def _spec(source: Path | str, **kw: Any) -> DataSpec:
-    return DataSpec(source=str(source), text=kw.pop("text", "sentence"), **kw)
+    """A classification data spec; ``text``/``label``/``text_pair`` name columns (default text: sentence)."""
+    columns = {role: kw.pop(role) for role in ("text", "text_pair", "label") if role in kw}
+    columns.setdefault("text", "sentence")
+    return DataSpec(source=str(source), columns=columns, **kw)
 
 
 # ----------------------------------------------------------------------------- local files
@@ -167,7 +170,7 @@ def test_folder_unlabelled_test_is_carved_but_named_one_is_an_error(tmp_path: Pa
 def test_sst2_folder() -> None:
     if not (SST2 / "train.tsv").is_file():
         pytest.skip("SST-2 not present")
-    spec = DataSpec(source=str(SST2), text="sentence", train_limit=500, seed=0)
+    spec = DataSpec(source=str(SST2), columns={"text": "sentence"}, train_limit=500, seed=0)
     data = load_data(spec, need_test=True)
     assert data.sources["validation"] == "dev.tsv"
     assert len(data.validation) == 872
@@ -301,7 +304,7 @@ def test_hub_splits_and_class_names(monkeypatch: pytest.MonkeyPatch) -> None:
         )
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
-    data = load_data(DataSpec(source="someone/sst:cfg", text="sentence"), need_test=True)
+    data = load_data(DataSpec(source="someone/sst:cfg", columns={"text": "sentence"}), need_test=True)
     assert data.label_names == ["neg", "pos"]
     assert len(data.validation) == 10 and data.test is not None and len(data.test) == 5
     assert data.sources["test"] == "carved from someone/sst:cfg [train] (10%); test has no labels (all -1)"
@@ -433,7 +436,9 @@ def test_tokenize_text_pairs_and_test_split(tmp_path: Path, tokenizer: Any) -> N
             "label": ["yes", "no"] * 20,
         }
     )
-    spec = DataSpec(source=str(_write(df, tmp_path / "pairs.csv")), text="premise", text_pair="hypothesis")
+    spec = DataSpec(
+        source=str(_write(df, tmp_path / "pairs.csv")), columns={"text": "premise", "text_pair": "hypothesis"}
+    )
     data = load_data(spec, need_test=True)
     assert list(data.train.columns) == ["text", "text_pair", "label"]
     out = tokenize(data, tokenizer, 32, None, splits=("train", "validation", "test"))

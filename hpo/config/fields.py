@@ -17,6 +17,7 @@ from typing import Any
 
 from hpo._yaml import YamlError, load_yaml
 from hpo.data import DataSpec, check_spec, read_problems
+from hpo.data.spec import GENERIC_KEYS
 from hpo.errors import UserError
 from hpo.models import position_limit, read_model_config, resolve_model
 from hpo.space import TRAINING_DEFAULTS, check_values, parse_param
@@ -158,15 +159,36 @@ def apply_override(raw: dict[str, Any], dotted: str, value: Any) -> None:
 # --------------------------------------------------------------------------- keys both formats have
 
 
-def parse_task(raw: dict[str, Any], err: Err) -> str:
-    """``task:``, a name from the task registry (default sequence-classification)."""
+def parse_task(raw: dict[str, Any], err: Err) -> tuple[str, dict[str, Any]]:
+    """``task:``: a name from the task registry (default sequence-classification), or a mapping
+    ``{name: ..., option: value}`` with the task's options (``Task.options``).
+
+    Returns:
+        (task name, the options the file sets).
+    """
     from hpo.tasks import TASKS
 
-    task = raw.get("task", "sequence-classification")
-    if not isinstance(task, str) or task not in TASKS:
-        err(f"task: unknown task {task!r} (known: {', '.join(sorted(TASKS))})")
-        return "sequence-classification"
-    return task
+    value = raw.get("task", "sequence-classification")
+    options: dict[str, Any] = {}
+    if isinstance(value, dict):
+        options = {k: v for k, v in value.items() if k != "name"}
+        value = value.get("name")
+        if value is None:
+            err("task.name: missing (the task, e.g. sequence-classification)")
+            return "sequence-classification", {}
+    if not isinstance(value, str) or value not in TASKS:
+        err(f"task: unknown task {value!r} (known: {', '.join(sorted(TASKS))})")
+        return "sequence-classification", {}
+    known = TASKS[value].options
+    good: dict[str, Any] = {}
+    for key, option in options.items():
+        if key not in known:
+            err(f"task.{key}: unknown option for task {value} (its options: {', '.join(known) or 'none'})")
+        elif known[key] is not None and not _type_ok(option, type(known[key])):
+            err(f"task.{key}: expected {_type_name(type(known[key]))}, got {option!r}")
+        else:
+            good[key] = option
+    return value, good
 
 
 def parse_seed(raw: dict[str, Any], err: Err) -> int:
@@ -227,21 +249,30 @@ def parse_data(
     err: Err,
     extra_keys: tuple[str, ...] = (),
     read: bool = False,
+    task: str = "sequence-classification",
 ) -> DataSpec:
-    """The ``data:`` mapping as a DataSpec; problems go to ``err``. ``extra_keys`` are skipped
-    here (the caller reads them), e.g. ``fingerprint`` in a retraining spec. With ``read``, a
-    spec that passes the cheap checks is also loaded (:func:`hpo.data.read_problems`) and what
-    the data itself gets wrong is reported as ``data: FILE: problem``."""
-    data = DataSpec(source="")
+    """The ``data:`` mapping as a DataSpec; problems go to ``err``.
+
+    Its keys are the generic ones (:data:`hpo.data.spec.GENERIC_KEYS`, ``format``) and one per
+    role of ``task`` (``text: sentence``). ``extra_keys`` are skipped here (the caller reads
+    them), e.g. ``fingerprint`` in a retraining spec. With ``read``, a spec that passes the
+    cheap checks is also loaded (:func:`hpo.data.read_problems`) and what the data itself gets
+    wrong is reported as ``data: FILE: problem``."""
+    from hpo.tasks import get_task
+
+    roles = {r.name: r for r in get_task(task).roles}
+    data = DataSpec(source="", task=task)
     if raw_data is None:
         err("data: missing (expected a mapping with at least 'source')")
         return data
     if not isinstance(raw_data, dict):
         err(f"data: expected a mapping, got {type(raw_data).__name__}")
         return data
-    data_fields = {f.name for f in dataclasses.fields(DataSpec)} - {"base_dir"}
+    generic = {*GENERIC_KEYS, "format"}
+    data_fields = generic | set(roles)
     hints = typing.get_type_hints(DataSpec)
-    kwargs: dict[str, Any] = {"base_dir": str(base_dir), "seed": seed}
+    kwargs: dict[str, Any] = {"base_dir": str(base_dir), "seed": seed, "task": task}
+    columns: dict[str, str | None] = {}
     bad_keys: list[str] = []  # the data is read only from a spec whose keys are all valid
     for key, value in raw_data.items():
         if key in extra_keys:
@@ -249,11 +280,16 @@ def parse_data(
         if key not in data_fields:
             err(f"data.{key}: unknown key (known: {', '.join(sorted(data_fields | set(extra_keys)))})")
             bad_keys.append(key)
-        elif not _type_ok(value, hints[key]):
-            err(f"data.{key}: expected {_type_name(hints[key])}, got {value!r}")
+            continue
+        hint = hints[key] if key in generic else (str | None if not roles[key].required else str)
+        if not _type_ok(value, hint):
+            err(f"data.{key}: expected {_type_name(hint)}, got {value!r}")
             bad_keys.append(key)
+        elif key in roles:
+            columns[key] = value
         else:
             kwargs[key] = value
+    kwargs["columns"] = columns
     if "source" not in raw_data:
         err("data.source: missing (a local folder or file, a hub dataset id, or builtin:reviews)")
         return data

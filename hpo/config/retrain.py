@@ -28,7 +28,6 @@ Unknown keys are errors everywhere except under ``provenance``.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +52,7 @@ from hpo.config.fields import (
 )
 from hpo.config.study import BudgetSpec, ExecutionSpec, StudySpec
 from hpo.data import DataSpec
+from hpo.data.spec import GENERIC_KEYS
 from hpo.space import TRAINING_DEFAULTS, Param, SearchSpace, TrialConfig
 
 KIND = "retrain"
@@ -69,8 +69,19 @@ TOP_KEYS = (
     "device",
     "provenance",
 )
-DATA_KEYS = tuple(f.name for f in dataclasses.fields(DataSpec) if f.name != "base_dir") + ("fingerprint",)
-"""The keys of a spec's ``data:`` mapping: the DataSpec's, and the fingerprint of the rows."""
+
+
+def data_keys(task: str) -> tuple[str, ...]:
+    """The keys of a spec's ``data:`` mapping: the generic ones, the task's roles, ``format``,
+    and the fingerprint of the rows."""
+    from hpo.tasks import get_task
+
+    return (*GENERIC_KEYS, *(r.name for r in get_task(task).roles), "format", "fingerprint")
+
+
+def task_entry(task: str, options: dict[str, Any]) -> Any:
+    """``task:`` as a file writes it: the name, or ``{name, options...}`` when options are set."""
+    return {"name": task, **options} if options else task
 
 
 @dataclass
@@ -111,6 +122,8 @@ class RetrainSpec:
     """Training seed (model head initialisation, dropout, data order)."""
     device: str = "auto"
     """auto, cpu or cuda."""
+    task_options: dict[str, Any] = field(default_factory=dict)
+    """The task's options as the study set them (``task: {name: ..., option: value}``)."""
     provenance: dict[str, Any] = field(default_factory=dict)
     """Where the config came from; informational."""
     raw: dict[str, Any] = field(default_factory=dict)
@@ -156,12 +169,12 @@ class RetrainSpec:
             fingerprint: Fingerprint of the data actually used (default: the spec's).
             provenance: Replaces the provenance record (default: the spec's).
         """
-        data = {k: v for k, v in dataclasses.asdict(self.data).items() if k != "base_dir"}
+        data = self.data.as_dict()
         data["source"] = resolved_source(self.data.source, Path(self.data.base_dir))
         data["fingerprint"] = fingerprint if fingerprint is not None else self.data_fingerprint
         return {
             "kind": KIND,
-            "task": self.task,
+            "task": task_entry(self.task, self.task_options),
             "model": {"name": self.model, "path": self.model_path},
             "data": data,
             "strategy": {"name": self.strategy, "params": dict(self.strategy_params)},
@@ -187,6 +200,7 @@ class RetrainSpec:
             data=self.data,
             space=space,
             task=self.task,
+            task_options=dict(self.task_options),
             description=f"retrain of {self.summary()}",
             objective=ObjectiveSpec(metric=self.metric, direction=self.direction, select=self.select),
             budget=BudgetSpec(n_trials=1, max_epochs=self.max_epochs, evals_per_epoch=self.evals_per_epoch),
@@ -277,7 +291,7 @@ def parse_retrain(raw: dict[str, Any], path: Path, *, read_data: bool = False) -
         if key not in raw:
             err(f"{key}: missing")
 
-    task = parse_task(raw, err)
+    task, task_options = parse_task(raw, err)
     seed = parse_seed(raw, err)
     device = raw.get("device", "auto")
     if device not in DEVICES:
@@ -292,7 +306,7 @@ def parse_retrain(raw: dict[str, Any], path: Path, *, read_data: bool = False) -
 
     # data: DataSpec keys + fingerprint
     raw_data = raw.get("data")
-    data = parse_data(raw_data, base_dir, seed, err, extra_keys=("fingerprint",), read=read_data)
+    data = parse_data(raw_data, base_dir, seed, err, extra_keys=("fingerprint",), read=read_data, task=task)
     fingerprint: str | None = None
     if isinstance(raw_data, dict):
         value = raw_data.get("fingerprint")
@@ -322,6 +336,7 @@ def parse_retrain(raw: dict[str, Any], path: Path, *, read_data: bool = False) -
     return RetrainSpec(
         path=fname,
         task=task,
+        task_options=task_options,
         model=model,
         model_path=model_path,
         data=data,

@@ -123,6 +123,8 @@ class StudySpec:
     """The resolved search space."""
     task: str = "sequence-classification"
     """Task from the task registry."""
+    task_options: dict[str, Any] = field(default_factory=dict)
+    """The task options the study file sets (``task: {name: ..., option: value}``)."""
     description: str = ""
     """Shown in the dashboard; generated from model, data and space when empty."""
     objective: ObjectiveSpec = field(default_factory=ObjectiveSpec)
@@ -240,7 +242,7 @@ def parse_study(raw: dict[str, Any], path: Path, *, read_data: bool = False) -> 
     if name and (len(name) > 200 or any(c in name for c in "\n\r\t")):
         err(f"name: expected a single-line name of at most 200 characters, got {name[:40]!r}")
     model = required_str("model")
-    task = parse_task(raw, err)
+    task, task_options = parse_task(raw, err)
     description = raw.get("description", "")
     if not isinstance(description, str):
         err(f"description: expected a string, got {description!r}")
@@ -252,7 +254,7 @@ def parse_study(raw: dict[str, Any], path: Path, *, read_data: bool = False) -> 
         storage = None
 
     model_path, model_config = resolve_model_ref([("model", model)], base_dir, err) if model else ("", None)
-    data = parse_data(raw.get("data"), base_dir, seed, err, read=read_data)
+    data = parse_data(raw.get("data"), base_dir, seed, err, read=read_data, task=task)
 
     objective = parse_section(ObjectiveSpec, raw.get("objective"), "objective", err)
     budget = parse_section(BudgetSpec, raw.get("budget"), "budget", err)
@@ -288,6 +290,7 @@ def parse_study(raw: dict[str, Any], path: Path, *, read_data: bool = False) -> 
         data=data,
         space=space,
         task=task,
+        task_options=task_options,
         description=description,
         objective=objective,
         budget=budget,
@@ -391,16 +394,17 @@ def load_space_file(path: str | Path, model_config: dict[str, Any] | None = None
 
 def study_as_dict(spec: StudySpec) -> dict[str, Any]:
     """The resolved study as plain data: stored on the study so later workers can compare."""
-    data = dataclasses.asdict(spec.data)
-    data.pop("base_dir", None)
-    return {
+    out = {
         "name": spec.name,
         "task": spec.task,
         "model": spec.model,
-        "data": data,
+        "data": spec.data.as_dict(),
         "space": spec.space.to_dict(),
         "objective": objective_dict(spec.objective.metric, spec.direction, spec.objective.select),
         "budget": {"max_epochs": spec.budget.max_epochs, "evals_per_epoch": spec.budget.evals_per_epoch},
         "training": dict(spec.training),
         "seed": spec.seed,
     }
+    if spec.task_options:  # only when set, so studies stored before task options still match
+        out["task_options"] = dict(spec.task_options)
+    return out

@@ -37,7 +37,7 @@ from __future__ import annotations
 from hpo.data.cache import TOKENIZE_STATS, clear_tokenize_cache, tokenize
 from hpo.data.check import check_spec, read_problems
 from hpo.data.load import LoadedData, load_data
-from hpo.data.readers import answer_problem, read_conll, read_squad_json, show_value
+from hpo.data.readers import read_conll, read_squad_json
 from hpo.data.sources import Source, describe_source, is_hub_source, resolve_source
 from hpo.data.spec import DataError, DataSpec
 
@@ -47,7 +47,6 @@ __all__ = [
     "LoadedData",
     "Source",
     "TOKENIZE_STATS",
-    "answer_problem",
     "check_spec",
     "clear_tokenize_cache",
     "describe_source",
@@ -57,6 +56,5 @@ __all__ = [
     "read_problems",
     "read_squad_json",
     "resolve_source",
-    "show_value",
     "tokenize",
 ]

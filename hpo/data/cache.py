@@ -18,6 +18,7 @@ import pandas as pd
 
 from hpo.data.load import LoadedData, fingerprint
 from hpo.data.spec import DataError
+from hpo.tasks import Task, get_task
 
 if TYPE_CHECKING:
     import datasets
@@ -37,9 +38,11 @@ def clear_tokenize_cache() -> None:
     _TOKENIZED.clear()
 
 
-def _tokenize_key(split_hash: str, tokenizer: Any, max_length: int, split: str) -> str:
+def _tokenize_key(
+    split_hash: str, tokenizer: Any, max_length: int, split: str, task: Task, options: dict[str, Any]
+) -> str:
     cls = type(tokenizer)
-    ident = {
+    ident: dict[str, Any] = {
         "version": _TOKENIZE_CACHE_VERSION,
         "data": split_hash,
         "tokenizer": str(getattr(tokenizer, "name_or_path", "")),
@@ -48,6 +51,9 @@ def _tokenize_key(split_hash: str, tokenizer: Any, max_length: int, split: str) 
         "max_length": max_length,
         "split": split,
     }
+    if task.name != "sequence-classification" or options:
+        # Classification's keys are those from before tasks existed (caches stay valid).
+        ident.update(task=task.name, options=options)
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -57,10 +63,13 @@ def tokenize(
     max_length: int,
     cache_dir: str | Path | None,
     splits: tuple[str, ...] = ("train", "validation"),
+    task: str = "sequence-classification",
+    options: dict[str, Any] | None = None,
 ) -> dict[str, datasets.Dataset]:
     """Tokenizes splits once per data fingerprint, tokenizer and ``max_length``.
 
-    Texts are truncated to ``max_length`` tokens and not padded (a collator pads each batch).
+    The task encodes (texts truncated to ``max_length`` tokens, unpadded: a collator pads each
+    batch).
     Results are kept in this process and, with ``cache_dir``, on disk under
     ``cache_dir/<key>``; a cache entry is written to a temporary folder and renamed into
     place, so concurrent workers never read half of one.
@@ -71,6 +80,8 @@ def tokenize(
         max_length: Tokens per example after truncation.
         cache_dir: Folder for the disk cache, or None for the in-process cache only.
         splits: Which splits to tokenize.
+        task: Whose encoding (the task's ``encode``).
+        options: The task's options (``task:`` in the study file), part of the cache key.
 
     Returns:
         Split -> dataset with ``input_ids``, ``attention_mask``, ``token_type_ids`` (when the
@@ -79,6 +90,10 @@ def tokenize(
     Raises:
         DataError: If a split was not loaded (the test split needs ``need_test=True``).
     """
+    import datasets
+
+    the_task = get_task(task)
+    options = dict(options or {})
     out: dict[str, datasets.Dataset] = {}
     for split in splits:
         frame = getattr(data, split, None)
@@ -89,9 +104,9 @@ def tokenize(
         split_hash = (
             data.fingerprint
             if split in ("train", "validation")
-            else fingerprint({split: frame}, data.label_names)
+            else fingerprint({split: frame}, data.label_names, the_task)
         )
-        key = _tokenize_key(split_hash, tokenizer, max_length, split)
+        key = _tokenize_key(split_hash, tokenizer, max_length, split, the_task, options)
         if key in _TOKENIZED:
             TOKENIZE_STATS["memory_hits"] += 1
             out[split] = _TOKENIZED[key]
@@ -100,35 +115,14 @@ def tokenize(
         if ds is not None:
             TOKENIZE_STATS["disk_hits"] += 1
         else:
-            ds = _encode(frame, tokenizer, max_length)
+            columns = the_task.encode(frame, tokenizer, max_length, data.label_names, options, split)
+            ds = datasets.Dataset.from_dict(columns)
             TOKENIZE_STATS["tokenized"] += 1
             if cache_dir is not None:
                 ds = save_cached(ds, Path(cache_dir), key)
         _TOKENIZED[key] = ds
         out[split] = ds
     return out
-
-
-def _encode(frame: pd.DataFrame, tokenizer: Any, max_length: int) -> datasets.Dataset:
-    import datasets
-
-    texts = frame["text"].tolist()
-    pairs = frame["text_pair"].tolist() if "text_pair" in frame else None
-    columns: dict[str, list[Any]] = {}
-    chunk = 2048  # rows per tokenizer call, to bound peak memory on large splits
-    for start in range(0, len(texts), chunk):
-        enc = tokenizer(
-            texts[start : start + chunk],
-            pairs[start : start + chunk] if pairs is not None else None,
-            truncation=True,
-            max_length=max_length,
-            padding=False,
-        )
-        for name in ("input_ids", "attention_mask", "token_type_ids"):
-            if name in enc:
-                columns.setdefault(name, []).extend(enc[name])
-    columns["labels"] = frame["label"].astype("int64").tolist()
-    return datasets.Dataset.from_dict(columns)
 
 
 def load_cached(cache_dir: str | Path | None, key: str) -> datasets.Dataset | None:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from hpo.data.load import load_data
 from hpo.data.sources import SUFFIXES, find_split_file, list_files, resolve_source
-from hpo.data.spec import DataError, DataSpec
+from hpo.data.spec import FORMATS, DataError, DataSpec
+from hpo.tasks import get_task
 
 
 def check_spec(spec: DataSpec) -> list[str]:
@@ -24,15 +25,24 @@ def check_spec(spec: DataSpec) -> list[str]:
         if not ok:
             problems.append(f"data.{key}: {msg}")
 
-    need(bool(spec.text), "text", "must name a column")
-    need(bool(spec.label), "label", "must name a column")
-    need(spec.text != spec.label, "label", f"must differ from data.text (both {spec.text!r})")
-    if spec.text_pair is not None:
-        need(
-            spec.text_pair not in (spec.text, spec.label),
-            "text_pair",
-            f"must differ from data.text and data.label, got {spec.text_pair!r}",
-        )
+    task = get_task(spec.task)
+    seen: dict[str, str] = {}
+    for role in task.roles:
+        column = spec.columns.get(role.name, role.default)
+        if column is None:
+            need(not role.required, role.name, f"missing: the {spec.task} task needs a {role.name} column")
+            continue
+        if not isinstance(column, str) or not column:
+            need(False, role.name, "must name a column")
+            continue
+        if column in seen:
+            need(False, role.name, f"must differ from data.{seen[column]} (both {column!r})")
+        seen[column] = role.name
+    need(
+        spec.format is None or spec.format in FORMATS,
+        "format",
+        f"expected one of {', '.join(FORMATS)}, got {spec.format!r}",
+    )
     for key in ("validation_size", "test_size"):
         value = getattr(spec, key)
         need(
@@ -85,7 +95,7 @@ def check_spec(spec: DataSpec) -> list[str]:
         assert src.path is not None
         for key in ("train", "validation", "test"):
             try:
-                name = find_split_file(src.path, key, getattr(spec, key), spec.source)
+                name = find_split_file(src.path, key, getattr(spec, key), spec.source, spec.format)
             except DataError as exc:
                 problems.append(str(exc))
                 continue

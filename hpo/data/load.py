@@ -1,8 +1,8 @@
 """Loading a study's data: :func:`load_data` and what it returns, :class:`LoadedData`.
 
 One linear path: resolve the source (:mod:`~hpo.data.sources`), read its splits
-(:mod:`~hpo.data.loaders`), map labels to 0..k-1 (:mod:`~hpo.data.labels`), carve what is
-missing and subsample (:mod:`~hpo.data.splits`), and :func:`fingerprint` the rows.
+(:mod:`~hpo.data.loaders`), map labels to ids with the task's vocabulary, carve what is missing
+and subsample (:mod:`~hpo.data.splits`), and :func:`fingerprint` the rows.
 
 The test split is carved before validation and before subsampling, whatever ``need_test``
 says, so train and validation never change between the search and the retrain.
@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from hpo.data.labels import class_labels, label_keys, map_labels
 from hpo.data.loaders import RawSplit, load_builtin, load_hub, load_local
 from hpo.data.sources import resolve_source
 from hpo.data.spec import DataError, DataSpec
 from hpo.data.splits import carve, n_carve, pct, subsample
+from hpo.tasks import Task, get_task
 
 
 @dataclass
@@ -28,13 +28,13 @@ class LoadedData:
     """The splits of one study, ready to tokenize."""
 
     train: pd.DataFrame
-    """Columns ``text``, [``text_pair``], ``label`` (int 0..k-1)."""
+    """The task's role columns (classification: ``text``, [``text_pair``], ``label`` 0..k-1)."""
     validation: pd.DataFrame
     """Same columns as ``train``."""
     test: pd.DataFrame | None
     """Same columns as ``train``; only loaded with ``need_test=True`` (retraining)."""
     label_names: list[str]
-    """Original label values as strings; index = integer label."""
+    """The task's label set (class names, NER tags; empty for QA and generation); index = id."""
     fingerprint: str
     """Hex digest of the train and validation rows and label names."""
     sources: dict[str, str] = field(default_factory=dict)
@@ -67,17 +67,17 @@ def load_data(spec: DataSpec, need_test: bool = False) -> LoadedData:
     else:
         splits = load_hub(src, spec, need_test)
 
-    # Labels: the classes are the ones in the whole train split, sorted.
+    # The label set is the whole train split's (before carving), in the task's order.
+    task = get_task(spec.task)
+    columns = spec.role_columns()
     train_raw = splits.train
-    train_keys = label_keys(train_raw.frame["label"], train_raw.shown, spec.label)
-    classes, label_names = class_labels(train_keys, train_raw.shown, spec.label, train_raw.class_names)
+    vocab = task.vocabulary(train_raw.frame, columns, train_raw.shown, train_raw.class_names)
+    label_names = vocab.names
 
-    def mapped(raw: RawSplit, keys: list[str] | None = None) -> pd.DataFrame:
-        if keys is None:
-            keys = label_keys(raw.frame["label"], raw.shown, spec.label)
-        return map_labels(raw.frame, keys, classes, raw.shown, spec.label)
+    def mapped(raw: RawSplit) -> pd.DataFrame:
+        return task.apply_vocabulary(raw.frame, vocab, columns, raw.shown)
 
-    train = mapped(train_raw, train_keys)
+    train = mapped(train_raw)
     n_train_file = len(train)
     sources: dict[str, str] = {}
     train_origin = train_raw.origin
@@ -95,7 +95,7 @@ def load_data(spec: DataSpec, need_test: bool = False) -> LoadedData:
                 f"{train_raw.shown}: {n_train_file} rows are too few to carve a "
                 f"{pct(spec.test_size)} test split"
             )
-        train, carved_test = carve(train, n_test, spec.seed, "data.test_size")
+        train, carved_test = carve(train, n_test, spec.seed, "data.test_size", task)
         why = f"; {splits.notes['test']}" if "test" in splits.notes else ""
         sources["test"] = f"carved from {train_origin} ({pct(spec.test_size)}){why}"
         carved.append(f"test {pct(spec.test_size)}")
@@ -112,15 +112,15 @@ def load_data(spec: DataSpec, need_test: bool = False) -> LoadedData:
                 f"{train_raw.shown}: {n_train_file} rows are too few to carve a "
                 f"{pct(spec.validation_size)} validation split"
             )
-        train, validation = carve(train, n_val, spec.seed, "data.validation_size")
+        train, validation = carve(train, n_val, spec.seed, "data.validation_size", task)
         why = f"; {splits.notes['validation']}" if "validation" in splits.notes else ""
         sources["validation"] = f"carved from {train_origin} ({pct(spec.validation_size)}){why}"
         carved.append(f"validation {pct(spec.validation_size)}")
 
     n_before = len(train)
-    train = subsample(train, spec.train_limit, spec.seed, "data.train_limit")
+    train = subsample(train, spec.train_limit, spec.seed, "data.train_limit", task)
     n_val_before = len(validation)
-    validation = subsample(validation, spec.validation_limit, spec.seed, "data.validation_limit")
+    validation = subsample(validation, spec.validation_limit, spec.seed, "data.validation_limit", task)
 
     parts = [train_origin]
     if carved:
@@ -131,17 +131,13 @@ def load_data(spec: DataSpec, need_test: bool = False) -> LoadedData:
     if len(validation) < n_val_before:
         sources["validation"] += f", stratified sample of {len(validation):,} of {n_val_before:,} rows"
 
-    if train["label"].nunique() < 2:
-        raise DataError(
-            f"{train_raw.shown}: a single class is left in train after carving and "
-            "subsampling; raise data.train_limit"
-        )
+    task.check_train(train, columns, train_raw.shown)
 
     train = train.reset_index(drop=True)
     validation = validation.reset_index(drop=True)
     if test is not None:
         test = test.reset_index(drop=True)
-    digest = fingerprint({"train": train, "validation": validation}, label_names=label_names)
+    digest = fingerprint({"train": train, "validation": validation}, label_names, task)
     return LoadedData(
         train=train,
         validation=validation,
@@ -152,16 +148,23 @@ def load_data(spec: DataSpec, need_test: bool = False) -> LoadedData:
     )
 
 
-def fingerprint(frames: dict[str, pd.DataFrame], label_names: list[str]) -> str:
-    """sha256 (16 hex chars) of the rows, in order, and the label names.
+def fingerprint(frames: dict[str, pd.DataFrame], label_names: list[str], task: Task) -> str:
+    """sha256 (16 hex chars) of the rows (the task's role columns, in its role order) and the
+    label names.
 
     Studies store it and refuse to resume on other data: any change to what it hashes, or
     how, makes every existing study unresumable.
     """
     h = hashlib.sha256()
     h.update(json.dumps({"label_names": label_names}).encode())
+    roles = [r.name for r in task.roles]
     for name, df in frames.items():
-        payload = {col: df[col].tolist() for col in ("text", "text_pair", "label") if col in df}
+        payload = {col: _plain(df[col].tolist()) for col in roles if col in df}
         h.update(name.encode())
         h.update(json.dumps(payload, ensure_ascii=False).encode())
     return h.hexdigest()[:16]
+
+
+def _plain(values: list[object]) -> list[object]:
+    """JSON-able values: numpy arrays (parquet list columns) as lists."""
+    return [v.tolist() if hasattr(v, "tolist") and not isinstance(v, (str, bytes)) else v for v in values]

@@ -1,74 +1,47 @@
 """Reading the splits of each kind of source: a local file or folder, a builtin dataset, a hub dataset.
 
 Each loader returns :class:`RawSplits`: train, validation or None, test or None (with whether a
-labelled test split exists but was not read, ``need_test=False``), each with the role columns
-``text``, [``text_pair``], ``label`` checked and renamed, labels still as in the source.
+labelled test split exists but was not read, ``need_test=False``), each with the task's role
+columns checked and renamed (the task's ``normalize``), labels still as the source writes them.
 :func:`hpo.data.load_data` maps the labels and carves what is missing.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 
 from hpo.data.readers import read_table
 from hpo.data.sources import SPLIT_STEMS, SUFFIXES, Source, find_split_file, list_files
 from hpo.data.spec import DataError, DataSpec
+from hpo.tasks import get_task
 
 
 @dataclass
 class RawSplit:
     """One split as read, before label mapping."""
 
-    frame: pd.DataFrame  # columns text, [text_pair], label (original label values)
+    frame: pd.DataFrame  # the task's role columns (labels as the source writes them)
     shown: str  # file (or source) name for messages
     origin: str  # for LoadedData.sources
-    class_names: list[str] | None = None  # hub ClassLabel names, if any
-
-
-def _columns(spec: DataSpec) -> dict[str, str]:
-    """Role -> column name in the source."""
-    cols = {"text": spec.text, "label": spec.label}
-    if spec.text_pair is not None:
-        cols["text_pair"] = spec.text_pair
-    return cols
-
-
-def _has_label(columns: list[str], spec: DataSpec) -> bool:
-    return spec.label in columns
+    class_names: list[str] | None = None  # names of integer labels the source declares (ClassLabel)
 
 
 def _select(df: pd.DataFrame, spec: DataSpec, shown: str) -> pd.DataFrame:
-    """Checks and keeps the role columns, renamed to text, [text_pair], label."""
-    cols = _columns(spec)
-    found = [str(c) for c in df.columns]
-    for col in cols.values():
-        if col not in df.columns:
-            raise DataError(f"{shown}: column {col!r} not found (columns: {', '.join(found) or 'none'})")
-    if len(df) == 0:
-        raise DataError(f"{shown}: no rows")
-    order = [role for role in ("text", "text_pair", "label") if role in cols]
-    out = pd.DataFrame({role: df[cols[role]].to_numpy() for role in order})
-    for role in ("text", "text_pair"):
-        if role in out:
-            _check_text(out[role], shown, cols[role])
-    return out
+    """The task's role columns of one split as read, checked and renamed to their roles."""
+    return get_task(spec.task).normalize(df, spec.role_columns(), shown)
 
 
-def _check_text(col: pd.Series, shown: str, name: str) -> None:
-    if pd.api.types.is_numeric_dtype(col.dtype) or pd.api.types.is_bool_dtype(col.dtype):
-        raise DataError(
-            f"{shown}: column {name!r} holds numbers ({col.dtype}), expected text "
-            f"(first value: {col.iloc[0]!r})"
-        )
-    bad = [i for i, v in enumerate(col.tolist()) if not isinstance(v, str) or not v.strip()]
-    if bad:
-        raise DataError(
-            f"{shown}: column {name!r} has {len(bad)} empty or non-text value"
-            f"{'s' if len(bad) > 1 else ''} (first at data row {bad[0]}: "
-            f"{col.iloc[bad[0]]!r})"
-        )
+def target_columns(spec: DataSpec) -> list[str]:
+    """The source columns of the task's targets (label, tags, answers): an evaluation split needs them."""
+    targets = {r.name for r in get_task(spec.task).roles if r.target}
+    return [col for role, col in spec.role_columns().items() if role in targets]
+
+
+def _has_targets(columns: list[str], spec: DataSpec) -> bool:
+    return all(col in columns for col in target_columns(spec))
 
 
 @dataclass
@@ -91,7 +64,7 @@ def load_local(src: Source, spec: DataSpec, need_test: bool) -> RawSplits:
         for key in ("train", "validation", "test"):
             if getattr(spec, key) is not None:
                 raise DataError(f"data.{key}: only valid when data.source is a folder ({source} is a file)")
-        frame = _select(read_table(src.path, source), spec, source)
+        frame = _select(read_table(src.path, source, fmt=spec.format), spec, source)
         return RawSplits(train=RawSplit(frame, source, src.path.name))
 
     folder = src.path
@@ -99,7 +72,7 @@ def load_local(src: Source, spec: DataSpec, need_test: bool) -> RawSplits:
     def shown(name: str) -> str:
         return f"{source.rstrip('/')}/{name}"
 
-    train_name = find_split_file(folder, "train", spec.train, source)
+    train_name = find_split_file(folder, "train", spec.train, source, spec.format)
     if train_name is None:
         raise DataError(
             f"data.source: no train file in {source} (expected train"
@@ -107,32 +80,37 @@ def load_local(src: Source, spec: DataSpec, need_test: bool) -> RawSplits:
         )
     splits = RawSplits(
         train=RawSplit(
-            _select(read_table(folder / train_name, shown(train_name)), spec, shown(train_name)),
+            _select(
+                read_table(folder / train_name, shown(train_name), fmt=spec.format), spec, shown(train_name)
+            ),
             shown(train_name),
             train_name,
         )
     )
     for split in ("validation", "test"):
         named = getattr(spec, split)
-        name = find_split_file(folder, split, named, source)
+        name = find_split_file(folder, split, named, source, spec.format)
         if name is None:
             continue
         path = folder / name
-        header = read_table(path, shown(name), header_only=True)
-        if not _has_label(list(header.columns), spec):
+        header = read_table(path, shown(name), header_only=True, fmt=spec.format)
+        if not _has_targets(list(header.columns), spec):
+            missing = next(c for c in target_columns(spec) if c not in header.columns)
             if named is not None:
                 raise DataError(
-                    f"{shown(name)}: column {spec.label!r} not found "
+                    f"{shown(name)}: column {missing!r} not found "
                     f"(columns: {', '.join(map(str, header.columns))})"
                 )
-            splits.notes[split] = f"{name} has no {spec.label!r} column"
+            splits.notes[split] = f"{name} has no {missing!r} column"
             continue
         if split == "test":
             splits.test_exists = True
             splits.test_origin = name
             if not need_test:
                 continue
-        raw = RawSplit(_select(read_table(path, shown(name)), spec, shown(name)), shown(name), name)
+        raw = RawSplit(
+            _select(read_table(path, shown(name), fmt=spec.format), spec, shown(name)), shown(name), name
+        )
         setattr(splits, split, raw)
     return splits
 
@@ -193,24 +171,30 @@ def load_hub(src: Source, spec: DataSpec, need_test: bool) -> RawSplits:
                 return stem
         return None
 
+    targets = target_columns(spec)
+
+    def class_names(feature: Any) -> list[str] | None:
+        """Names of a ClassLabel feature (or of a sequence of them: NER tags), else None."""
+        feature = getattr(feature, "feature", feature)
+        names = getattr(feature, "names", None)
+        return [str(n) for n in names] if names is not None else None
+
     def raw(split_name: str) -> RawSplit:
         ds = dsd[split_name]
         shown = f"{src.name} [{split_name}]"
-        names = None
-        feature = ds.features.get(spec.label)
-        if feature is not None and hasattr(feature, "names"):
-            names = [str(n) for n in feature.names]
+        names = class_names(ds.features.get(targets[0])) if targets else None
         return RawSplit(_select(ds.to_pandas(), spec, shown), shown, f"{src.name} [{split_name}]", names)
 
     def unlabelled(split_name: str) -> str | None:
         """Why a split cannot serve as an evaluation split, or None."""
         ds = dsd[split_name]
-        if spec.label not in ds.column_names:
-            return f"{split_name} has no {spec.label!r} column"
-        feature = ds.features.get(spec.label)
-        # GLUE-style hidden test sets keep the column but set every label to -1.
-        if hasattr(feature, "names") and set(ds.unique(spec.label)) <= {-1}:
-            return f"{split_name} has no labels (all -1)"
+        for column in targets:
+            if column not in ds.column_names:
+                return f"{split_name} has no {column!r} column"
+            feature = ds.features.get(column)
+            # GLUE-style hidden test sets keep the column but set every label to -1.
+            if hasattr(feature, "names") and set(ds.unique(column)) <= {-1}:
+                return f"{split_name} has no labels (all -1)"
         return None
 
     train_name = pick("train")

@@ -20,15 +20,25 @@ from typing import Any
 import pandas as pd
 
 from hpo.data.spec import DataError
+from hpo.tasks.question_answering import answer_problem, show_value
 
 # ---------------------------------------------------------------------------------------
 # Tables (csv, tsv, json, jsonl, parquet)
 
 
-def read_table(path: Path, shown: str, header_only: bool = False) -> pd.DataFrame:
-    """Reads one local file; text stays text ("NA", "null" and "" are not missing values)."""
-    suffix = path.suffix.lower()
+def read_table(path: Path, shown: str, header_only: bool = False, fmt: str | None = None) -> pd.DataFrame:
+    """Reads one local file; text stays text ("NA", "null" and "" are not missing values).
+
+    ``fmt`` (``data.format``) says how to read it; default: the suffix, and a ``.json`` file
+    in SQuAD's layout is read as SQuAD. CoNLL and SQuAD files are read whole even for
+    ``header_only`` (their columns come from the reader).
+    """
+    suffix = f".{fmt}" if fmt else path.suffix.lower()
     kind = suffix[1:].upper()
+    if suffix == ".conll":
+        return read_conll(path, shown)
+    if suffix == ".squad":
+        return read_squad_json(path, shown)
     try:
         if suffix in (".csv", ".tsv"):
             return pd.read_csv(
@@ -56,6 +66,8 @@ def read_table(path: Path, shown: str, header_only: bool = False) -> pd.DataFram
             if exc.msg == "Extra data":
                 return _read_json_lines(path, shown, header_only)
             raise
+        if _is_squad(obj):
+            return read_squad_json(path, shown)
         if isinstance(obj, list) and all(isinstance(r, dict) for r in obj):
             return pd.DataFrame.from_records(obj)
         if isinstance(obj, dict) and all(isinstance(v, list) for v in obj.values()):
@@ -72,6 +84,12 @@ def read_table(path: Path, shown: str, header_only: bool = False) -> pd.DataFram
         raise DataError(f"{shown}: could not read as {kind}: {reason}") from None
     except Exception as exc:  # pyarrow raises its own error types
         raise DataError(f"{shown}: could not read as {kind}: {exc}") from None
+
+
+def _is_squad(obj: Any) -> bool:
+    """SQuAD's layout: ``{"data": [{"title", "paragraphs": [...]}, ...]}``."""
+    data = obj.get("data") if isinstance(obj, dict) else None
+    return isinstance(data, list) and bool(data) and isinstance(data[0], dict) and "paragraphs" in data[0]
 
 
 def _read_json_lines(path: Path, shown: str, header_only: bool) -> pd.DataFrame:
@@ -303,23 +321,3 @@ def read_squad_json(path: Path, shown: str) -> pd.DataFrame:
     if not rows["id"]:
         raise DataError(f"{shown}: no questions")
     return pd.DataFrame(rows)
-
-
-def show_value(value: Any, width: int = 40) -> str:
-    """A value for a message: its repr, clipped, or its type for containers."""
-    if isinstance(value, (dict, list)):
-        return f"a JSON {'object' if isinstance(value, dict) else 'array'}"
-    text = repr(value)
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
-def answer_problem(context: str, text: str, start: int) -> str:
-    """Why an answer does not sit at ``start`` in ``context``, or "" when it does."""
-    if not text:
-        return "empty answer text"
-    if not 0 <= start <= len(context) - len(text):
-        return f"answer_start {start} is outside the context ({len(context)} characters) for text {text!r}"
-    found = context[start : start + len(text)]
-    if found != text:
-        return f"answer_start {start} does not point at its text {text!r} (the context has {found!r} there)"
-    return ""

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from hpo.data.spec import DataError, DataSpec
 
-SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
-"""File types a local source may have."""
+SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet", ".conll")
+"""File types a local source may have (any file, with ``data.format``)."""
 
 BUILTINS = ("builtin:reviews",)
 """Builtin dataset names."""
@@ -72,10 +72,10 @@ def resolve_source(spec: DataSpec) -> Source:
     if path.is_dir():
         return Source("folder", path=path)
     if path.is_file():
-        if path.suffix.lower() not in SUFFIXES:
+        if path.suffix.lower() not in SUFFIXES and spec.format is None:
             raise DataError(
                 f"data.source: {source}: unsupported file type {path.suffix!r} "
-                f"(expected {', '.join(SUFFIXES)})"
+                f"(expected {', '.join(SUFFIXES)}, or name the format with data.format)"
             )
         return Source("file", path=path)
     if _looks_like_path(source) or not _HUB_ID.match(source):
@@ -83,15 +83,24 @@ def resolve_source(spec: DataSpec) -> Source:
     return Source("hub", path=path, name=source)
 
 
-def find_split_file(folder: Path, split: str, named: str | None, shown: str) -> str | None:
-    """The file name of ``split`` in ``folder``: the named one, or the one found by stem."""
+def find_split_file(
+    folder: Path, split: str, named: str | None, shown: str, fmt: str | None = None
+) -> str | None:
+    """The file name of ``split`` in ``folder``: the named one, or the one found by stem.
+
+    A named file may have any suffix when ``fmt`` (``data.format``) says how to read it
+    (WNUT-17's test file is ``emerging.test.annotated``).
+    """
     if named is not None:
         if not (folder / named).is_file():
             raise DataError(
                 f"data.{split}: file {named!r} not found in {shown} (files: {list_files(folder)})"
             )
-        if Path(named).suffix.lower() not in SUFFIXES:
-            raise DataError(f"data.{split}: {named}: unsupported file type (expected {', '.join(SUFFIXES)})")
+        if Path(named).suffix.lower() not in SUFFIXES and fmt is None:
+            raise DataError(
+                f"data.{split}: {named}: unsupported file type (expected {', '.join(SUFFIXES)}, "
+                "or name the format with data.format)"
+            )
         return named
     found = sorted(
         p.name
@@ -134,8 +143,8 @@ def describe_source(spec: DataSpec) -> str:
     if src.kind == "file":
         return f"{src.path.name} (validation and test carved){limit}"
     try:
-        train = find_split_file(src.path, "train", spec.train, spec.source) or "train?"
-        val = find_split_file(src.path, "validation", spec.validation, spec.source)
+        train = find_split_file(src.path, "train", spec.train, spec.source, spec.format) or "train?"
+        val = find_split_file(src.path, "validation", spec.validation, spec.source, spec.format)
     except DataError:
         train, val = spec.train or "train?", spec.validation
     name = src.path.resolve().name

@@ -1,7 +1,7 @@
 """Cutting rows: carving test and validation splits from train (:func:`carve`), and
 subsampling to a limit (:func:`subsample`).
 
-Every cut is seeded and stratified by label when possible; :func:`n_carve` and :func:`pct` turn
+Every cut is seeded and stratified the way the task says (by label for classification); :func:`n_carve` and :func:`pct` turn
 a ``*_size`` fraction into a row count and into text for people.
 """
 
@@ -10,52 +10,62 @@ from __future__ import annotations
 import pandas as pd
 
 from hpo.data.spec import DataError
+from hpo.tasks import Task
 
 
-def _split_off(df: pd.DataFrame, n_take: int, seed: int, what: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(rest, taken): ``n_take`` rows taken at random, stratified by label when possible."""
+def _split_off(
+    df: pd.DataFrame, n_take: int, seed: int, what: str, stratify: pd.Series | None
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(rest, taken): ``n_take`` rows taken at random, stratified by ``stratify`` when possible."""
     from sklearn.model_selection import train_test_split
 
     if n_take <= 0 or n_take >= len(df):
         raise DataError(f"{what}: cannot take {n_take} of {len(df)} rows")
-    try:
-        rest, taken = train_test_split(
-            df, test_size=n_take, random_state=seed, shuffle=True, stratify=df["label"]
-        )
-    except ValueError:
-        # A class with a single row, or fewer rows taken than classes: fall back to a plain
-        # seeded random split rather than fail.
-        rest, taken = train_test_split(df, test_size=n_take, random_state=seed, shuffle=True)
+    if stratify is not None:
+        try:
+            rest, taken = train_test_split(
+                df, test_size=n_take, random_state=seed, shuffle=True, stratify=stratify.loc[df.index]
+            )
+            return rest, taken
+        except ValueError:
+            # A class with a single row, or fewer rows taken than classes: fall back to a
+            # plain seeded random split rather than fail.
+            pass
+    rest, taken = train_test_split(df, test_size=n_take, random_state=seed, shuffle=True)
     return rest, taken
 
 
-def carve(df: pd.DataFrame, n_take: int, seed: int, what: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Like :func:`_split_off`, but rows with the same text go to the same side.
+def carve(
+    df: pd.DataFrame, n_take: int, seed: int, what: str, task: Task
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Like :func:`_split_off`, but rows of one group (the task's ``group``) go to the same side.
 
     Files such as SST-2's train.tsv repeat some texts (371 of 67,349 rows); splitting rows
-    would put copies of one text in both train and the carved test. Unique texts are split
-    (stratified by the label of their first row) and every copy follows its text, so the
-    taken side can be a few rows larger than ``n_take``.
+    would put copies of one text in both train and the carved test. Unique keys are split
+    (stratified by the task's ``stratify`` value of their first row) and every row follows
+    its key, so the taken side can be a few rows larger than ``n_take``.
     """
-    key = df["text"] if "text_pair" not in df else df["text"] + "\x1f" + df["text_pair"]
+    stratify, key = task.stratify(df), task.group(df)
+    if key is None:
+        return _split_off(df, n_take, seed, what, stratify)
     first = ~key.duplicated()
     if bool(first.all()):
-        return _split_off(df, n_take, seed, what)
+        return _split_off(df, n_take, seed, what, stratify)
     n_unique = int(first.sum())
     if n_take >= n_unique:
         raise DataError(f"{what}: cannot carve {n_take} rows: only {n_unique} distinct texts")
-    _, taken_unique = _split_off(df[first], n_take, seed, what)
+    _, taken_unique = _split_off(df[first], n_take, seed, what, stratify)
     taken = key.isin(set(key.loc[taken_unique.index]))
     return df[~taken], df[taken]
 
 
-def subsample(df: pd.DataFrame, limit: int | None, seed: int, what: str) -> pd.DataFrame:
-    """At most ``limit`` rows of ``df``, taken at random and stratified by label when possible."""
+def subsample(df: pd.DataFrame, limit: int | None, seed: int, what: str, task: Task) -> pd.DataFrame:
+    """At most ``limit`` rows of ``df``, taken at random, stratified by the task's ``stratify``."""
     if limit is None or limit >= len(df):
         return df
     if limit < 1:
         raise DataError(f"{what}: must be >= 1, got {limit}")
-    _, kept = _split_off(df, limit, seed, what)
+    _, kept = _split_off(df, limit, seed, what, task.stratify(df))
     return kept
 
 

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,19 @@ class Role:
     """The source column it reads when the study file does not say (None: only if given)."""
     required: bool = True
     """False: used when present (``text_pair``)."""
+    target: bool = False
+    """What the model learns to predict (a label, tags, answers): an evaluation split needs it."""
     description: str = ""
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """A task's label set, from the train split: ``names[i]`` is label ``i``, ``keys[i]`` how
+    the data writes it (``"1"`` for a class the source calls ``pos``). Empty for tasks that
+    predict text or spans."""
+
+    names: list[str] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -57,7 +72,11 @@ class Evaluator:
 
 @dataclass(frozen=True)
 class Task:
-    """One kind of task (sequence classification, NER, QA, ...)."""
+    """One kind of task (sequence classification, NER, QA, ...).
+
+    The functions come in the order data flows: read columns, build the label set, encode,
+    load the model, train (collator), evaluate.
+    """
 
     name: str
     """Registry name, as written in study files (``sequence-classification``)."""
@@ -69,6 +88,26 @@ class Task:
     """The objective when a study file names none."""
     roles: tuple[Role, ...]
     """Columns the task reads from the data (``data:`` keys)."""
+    normalize: Callable[[pd.DataFrame, dict[str, str], str], pd.DataFrame]
+    """(a split as read, role -> source column, how messages name the split) -> a frame whose
+    columns are the roles, checked (``DataError`` naming file, column and row)."""
+    vocabulary: Callable[[pd.DataFrame, dict[str, str], str, list[str] | None], Vocabulary]
+    """(normalized train split, role -> source column, shown, class names the source declares)
+    -> the label set (an empty one for tasks without labels)."""
+    apply_vocabulary: Callable[[pd.DataFrame, Vocabulary, dict[str, str], str], pd.DataFrame]
+    """(normalized split, the train split's vocabulary, role -> source column, shown) -> the
+    split with its labels as ids; a label train does not have is a ``DataError``."""
+    stratify: Callable[[pd.DataFrame], pd.Series | None]
+    """A split -> what carving and subsampling stratify by (None: plain seeded sampling)."""
+    group: Callable[[pd.DataFrame], pd.Series | None]
+    """A split -> a key whose rows stay on one side of a carve (the same text; one article's
+    questions), or None."""
+    check_train: Callable[[pd.DataFrame, dict[str, str], str], None]
+    """(final train split, role -> source column, shown) -> raise ``DataError`` if it cannot
+    train (a single class left after subsampling)."""
+    encode: Callable[[pd.DataFrame, Any, int, list[str], dict[str, Any], str], dict[str, list[Any]]]
+    """(split, tokenizer, max_length, label names, task options, split name) -> the columns of
+    the tokenized dataset: model inputs and :attr:`label_columns`."""
     auto_class: str
     """The transformers Auto class of its models (``AutoModelForSequenceClassification``)."""
     load_model: Callable[[str, list[str]], Any]
@@ -85,7 +124,8 @@ class Task:
     prefix_tuning: bool = False
     """Whether PEFT prefix tuning runs for this task (it needs a decoder's key/value cache)."""
     options: dict[str, Any] = field(default_factory=dict)
-    """Task options a study file may set under ``task:``, with their defaults."""
+    """Task options a study file may set under ``task:`` (``{name: ..., option: value}``),
+    with their defaults."""
 
     def metric(self, name: str) -> Metric:
         """The metric called ``name``.
@@ -116,3 +156,43 @@ class Task:
     def direction(self, metric: str) -> str:
         """``maximize`` or ``minimize`` for one of the task's metrics."""
         return self.metric(metric).direction
+
+    def role(self, name: str) -> Role:
+        """The role called ``name`` (KeyError if the task has none)."""
+        for r in self.roles:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+    def columns(self, given: dict[str, str | None]) -> dict[str, str]:
+        """Role -> source column: what the study file gives, else each role's default; an
+        optional role with neither is left out."""
+        out: dict[str, str] = {}
+        for r in self.roles:
+            column = given.get(r.name, r.default)
+            if column is not None:
+                out[r.name] = column
+        return out
+
+
+def no_vocabulary(
+    frame: pd.DataFrame, columns: dict[str, str], shown: str, names: list[str] | None
+) -> Vocabulary:
+    """The label set of a task that predicts text or spans: empty."""
+    return Vocabulary()
+
+
+def keep_labels(
+    frame: pd.DataFrame, vocabulary: Vocabulary, columns: dict[str, str], shown: str
+) -> pd.DataFrame:
+    """A task without a label set keeps its splits as they are."""
+    return frame
+
+
+def no_key(frame: pd.DataFrame) -> None:
+    """No stratification / grouping: plain seeded sampling."""
+    return None
+
+
+def any_train(frame: pd.DataFrame, columns: dict[str, str], shown: str) -> None:
+    """A task whose train split trains whatever it holds (at least one row, checked earlier)."""

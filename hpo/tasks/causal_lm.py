@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from hpo.data import DataError
+from hpo.errors import DataError
 from hpo.tasks.generation_metrics import loss_metrics, token_nll
 
 __all__ = [

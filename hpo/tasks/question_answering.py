@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from hpo.data import DataError, answer_problem, show_value
+from hpo.errors import DataError
 
 METRICS = ("exact_match", "f1", "loss")
 """Validation metrics of the task (SQuAD exact match and token F1 as fractions, loss)."""
@@ -485,3 +485,23 @@ def squad_metrics(
         f1_total += f1(prediction, refs)
     n = len(references)
     return {"exact_match": em_total / n, "f1": f1_total / n}
+
+
+def show_value(value: Any, width: int = 40) -> str:
+    """A value for a message: its repr, clipped, or its type for containers."""
+    if isinstance(value, (dict, list)):
+        return f"a JSON {'object' if isinstance(value, dict) else 'array'}"
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def answer_problem(context: str, text: str, start: int) -> str:
+    """Why an answer does not sit at ``start`` in ``context``, or "" when it does."""
+    if not text:
+        return "empty answer text"
+    if not 0 <= start <= len(context) - len(text):
+        return f"answer_start {start} is outside the context ({len(context)} characters) for text {text!r}"
+    found = context[start : start + len(text)]
+    if found != text:
+        return f"answer_start {start} does not point at its text {text!r} (the context has {found!r} there)"
+    return ""

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from hpo.data import DataError
+from hpo.errors import DataError
 from hpo.tasks.generation_metrics import loss_metrics, token_nll
 
 __all__ = ["encode", "generate", "loss_metrics", "preprocess_logits"]

@@ -21,7 +21,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from hpo.data import DataError
+from hpo.errors import DataError
 
 METRICS = ("precision", "recall", "f1", "accuracy", "loss")
 """Validation metrics of the task (entity-level precision/recall/F1, token accuracy, loss)."""

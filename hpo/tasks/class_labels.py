@@ -1,6 +1,6 @@
 """Class labels: canonical label keys, their order, and the mapping to integers 0..k-1.
 
-Classification knowledge, kept apart from loading so that it can move into the task.
+The sequence-classification task's label handling (:mod:`hpo.tasks.sequence_classification`).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import math
 
 import pandas as pd
 
-from hpo.data.spec import DataError
+from hpo.errors import DataError
 
 
 def label_keys(col: pd.Series, shown: str, name: str) -> list[str]:

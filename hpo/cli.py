@@ -412,12 +412,8 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         return 0
     except Exception as e:
-        from hpo.data import DataError
         from hpo.storage import redact
 
-        if isinstance(e, DataError):
-            print(f"hpo {args.command}: error: {redact(str(e))}", file=sys.stderr)
-            return 1
         print(redact(traceback.format_exc()), file=sys.stderr)
         print(f"hpo {args.command}: internal error: {redact(str(e))}", file=sys.stderr)
         return 2

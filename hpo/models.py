@@ -90,11 +90,6 @@ def resolve_model(ref: str, base_dir: str | Path = ".") -> str:
     return ref
 
 
-def is_local(path: str) -> bool:
-    """True when the resolved model reference is a folder on disk."""
-    return Path(path).is_dir()
-
-
 def read_model_config(path: str) -> dict[str, Any] | None:
     """The model's ``config.json`` as a dict, or None when it is not on disk (hub id, offline).
 

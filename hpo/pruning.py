@@ -45,10 +45,6 @@ class StopAfterStep(TrainerCallback):  # type: ignore[misc]
         return control
 
 
-class TrialPrunedSignal(Exception):
-    """Raised by the reporter when the pruner stops a trial (turned into optuna.TrialPruned)."""
-
-
 class ReportEvaluations(TrainerCallback):  # type: ignore[misc]
     """Collect each evaluation, fail on a NaN loss, and pass it to ``on_eval``.
 
@@ -87,13 +83,3 @@ class ReportEvaluations(TrainerCallback):  # type: ignore[misc]
             self.pruned = True
             control.should_training_stop = True
         return control
-
-
-def optuna_reporter(trial: Any, metric: str) -> Callable[[int, dict[str, float]], bool]:
-    """Report ``metric`` of each evaluation to an Optuna trial; True when it should be pruned."""
-
-    def report(index: int, metrics: dict[str, float]) -> bool:
-        trial.report(metrics[metric], step=index)
-        return bool(trial.should_prune())
-
-    return report

@@ -56,16 +56,15 @@ def _state(trial: Any) -> str:
 
 
 def history_data(study: Any) -> list[tuple[int, float, float]]:
-    """(trial number, value, best so far) of every COMPLETE trial with a finite value."""
-    import optuna
-
-    from hpo.results import maximizes
+    """(trial number, value, best so far) of every fully completed trial (the best-trial rule
+    of :mod:`hpo.results`: a trial that Ray's ASHA stopped early never counts)."""
+    from hpo.results import is_full_complete, maximizes
 
     maximize = maximizes(study)
     out: list[tuple[int, float, float]] = []
     best: float | None = None
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
-        if t.state != optuna.trial.TrialState.COMPLETE or t.value is None or not math.isfinite(t.value):
+        if not is_full_complete(t):
             continue
         best = t.value if best is None else (max(best, t.value) if maximize else min(best, t.value))
         out.append((t.number, t.value, best))
@@ -205,11 +204,22 @@ def _plots(study: Any) -> list[_Plot]:
         return fig
 
     def history_html() -> Any:
-        import optuna
-
-        history_data(study)  # same Skip as the PNG
-        return optuna.visualization.plot_optimization_history(study, target_name=metric).update_layout(
-            title=f"{name}: optimization history"
+        data = history_data(study)
+        fig = go.Figure()
+        fig.add_trace(
+            go.Scatter(x=[d[0] for d in data], y=[d[1] for d in data], mode="markers", name=f"trial {metric}")
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=[d[0] for d in data],
+                y=[d[2] for d in data],
+                mode="lines",
+                line_shape="hv",
+                name="best so far",
+            )
+        )
+        return fig.update_layout(
+            title=f"{name}: optimization history", xaxis_title="trial", yaxis_title=metric
         )
 
     def intermediate_png() -> Any:

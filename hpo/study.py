@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -12,6 +11,8 @@ from typing import Any
 
 from hpo.config import StudySpec, study_as_dict
 from hpo.errors import UserError
+from hpo.samplers import PRUNERS, SAMPLERS, PrunerSettings, SamplerSettings
+from hpo.samplers import hyperband_brackets as brackets_for
 
 # Keys of the stored study config that must agree before a worker may add trials.
 _MUST_MATCH = ("task", "task_options", "model", "data", "space", "objective", "budget", "training", "seed")
@@ -26,13 +27,24 @@ def max_evaluations(spec: StudySpec) -> int:
     return max(1, round(spec.budget.max_epochs * spec.budget.evals_per_epoch))
 
 
-def hyperband_brackets(spec: StudySpec) -> int:
-    """Brackets the hyperband pruner uses: as many as the resources allow, but at least
-    reduction_factor**2 trials of the budget per bracket (so one bracket below ~2 x 9 trials)."""
+def pruner_settings(spec: StudySpec) -> PrunerSettings:
+    """The study file's ``pruner:`` options and the budget they apply to."""
     p = spec.pruner
-    min_resource, rf = p.min_resource or 1, p.reduction_factor or 3
-    natural = math.floor(math.log(max(1, max_evaluations(spec) / min_resource), rf) + 1e-9) + 1
-    return max(1, min(natural, spec.budget.n_trials // (2 * rf**2)))
+    return PrunerSettings(
+        max_resource=max_evaluations(spec),
+        n_trials=spec.budget.n_trials,
+        min_resource=p.min_resource,
+        reduction_factor=p.reduction_factor,
+        n_startup_trials=p.n_startup_trials,
+        n_warmup_steps=p.n_warmup_steps,
+        percentile=p.percentile,
+        patience=p.patience,
+    )
+
+
+def hyperband_brackets(spec: StudySpec) -> int:
+    """Brackets ``pruner: hyperband`` uses for this study (see :func:`hpo.samplers.hyperband_brackets`)."""
+    return brackets_for(pruner_settings(spec))
 
 
 def sampler_seed(spec: StudySpec, worker_index: int = 0, n_before: int = 0, salt: str = "") -> int:
@@ -57,69 +69,31 @@ def sampler_seed(spec: StudySpec, worker_index: int = 0, n_before: int = 0, salt
 
 
 def make_sampler(spec: StudySpec, worker_index: int = 0, n_before: int = 0, salt: str = "") -> Any:
-    """The study's sampler for one worker; the seed comes from ``sampler_seed``.
+    """The study's sampler for one worker (:data:`hpo.samplers.SAMPLERS`); the seed comes from
+    ``sampler_seed``.
 
     QMC keeps ``sampler.seed + worker_index`` whatever the study holds: its position in the
     sequence is a counter stored in the study, so a resumed run continues the sequence.
     """
-    import optuna
-
     s = spec.sampler
     seed = sampler_seed(spec, worker_index, n_before, salt)
+    if s.name == "qmc":
+        seed = (s.seed if s.seed is not None else spec.seed) + worker_index
     startup = s.n_startup_trials
     if startup is None:
         # A third of the budget explores at random before the model takes over (3..10).
         startup = max(3, min(10, spec.budget.n_trials // 3))
-    if s.name == "tpe":
-        return optuna.samplers.TPESampler(
-            seed=seed, n_startup_trials=startup, multivariate=True, group=True, constant_liar=True
-        )
-    if s.name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    if s.name == "gp":
-        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
-    if s.name == "qmc":
-        base = s.seed if s.seed is not None else spec.seed
-        return optuna.samplers.QMCSampler(seed=base + worker_index, scramble=True)
-    raise UserError(f"sampler.name: unknown sampler {s.name!r}")
+    if s.name not in SAMPLERS:
+        raise UserError(f"sampler.name: unknown sampler {s.name!r} (known: {', '.join(SAMPLERS)})")
+    return SAMPLERS[s.name](SamplerSettings(seed=seed, startup=startup))
 
 
 def make_pruner(spec: StudySpec) -> Any:
-    """The study's pruner; resources are evaluation indices (see hpo.pruning)."""
-    import optuna
-
-    p = spec.pruner
-    if p.name == "hyperband":
-        min_resource, rf = p.min_resource or 1, p.reduction_factor or 3
-        if hyperband_brackets(spec) == 1:
-            # Hyperband with one bracket is successive halving. Optuna's Hyperband splits the
-            # trials over floor(log_rf(max/min)) + 1 brackets, each pruning only against its
-            # own trials; with rf**2 trials or fewer per bracket, trials in the later
-            # brackets run to their first rung unopposed (benchmarks/RESULTS.md).
-            return optuna.pruners.SuccessiveHalvingPruner(min_resource=min_resource, reduction_factor=rf)
-        return optuna.pruners.HyperbandPruner(
-            min_resource=min_resource, max_resource=max_evaluations(spec), reduction_factor=rf
-        )
-    if p.name == "successive-halving":
-        return optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=p.min_resource or 1, reduction_factor=p.reduction_factor or 3
-        )
-    if p.name == "median":
-        return optuna.pruners.MedianPruner(
-            n_startup_trials=2 if p.n_startup_trials is None else p.n_startup_trials,
-            n_warmup_steps=1 if p.n_warmup_steps is None else p.n_warmup_steps,
-        )
-    if p.name == "percentile":
-        return optuna.pruners.PercentilePruner(
-            p.percentile or 25.0,
-            n_startup_trials=2 if p.n_startup_trials is None else p.n_startup_trials,
-            n_warmup_steps=1 if p.n_warmup_steps is None else p.n_warmup_steps,
-        )
-    if p.name == "patient":
-        return optuna.pruners.PatientPruner(None, patience=p.patience or 2)
-    if p.name == "none":
-        return optuna.pruners.NopPruner()
-    raise UserError(f"pruner.name: unknown pruner {p.name!r}")
+    """The study's pruner (:data:`hpo.samplers.PRUNERS`); resources are evaluation indices."""
+    name = spec.pruner.name
+    if name not in PRUNERS:
+        raise UserError(f"pruner.name: unknown pruner {name!r} (known: {', '.join(PRUNERS)})")
+    return PRUNERS[name].build(pruner_settings(spec))
 
 
 def package_versions() -> dict[str, str]:

@@ -124,6 +124,37 @@ def test_compare_counts_times_and_stopped_early_trials(db: str) -> None:
     ]
 
 
+def test_studies_never_shows_a_stopped_early_trial_as_best(
+    db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`hpo studies` takes compare's rules: trial 2 (ASHA-stopped, 0.90) is counted as stopped,
+    not complete, and the best is trial 1 (0.85), as `hpo compare` says."""
+    assert main(["studies", "--storage", db]) == 0
+    out = capsys.readouterr().out
+    header, *lines = out.strip().splitlines()
+    row = dict(
+        zip(header.split(), next(line for line in lines if line.startswith("ray ")).split(), strict=True)
+    )
+    assert (row["trials"], row["complete"], row["stopped"], row["pruned"], row["fail"]) == (
+        "5",
+        "2",
+        "1",
+        "1",
+        "1",
+    )
+    assert (row["best_value"], row["best_strategy"]) == ("0.8500", "lora")
+    # The end-of-run summary, the progress line and the report's history plot agree.
+    from hpo.display import best_text
+    from hpo.report import history_data
+    from hpo.results import best_trial
+
+    study = optuna.load_study(study_name="ray", storage=db)
+    assert best_trial(study).number == 1 and best_text(best_trial(study), "accuracy").startswith(
+        "best accuracy=0.8500"
+    )
+    assert max(best for _, _, best in history_data(study)) == 0.85
+
+
 def test_compare_formats(db: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["compare", "tiny", "ray", "--storage", db, "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)

@@ -22,11 +22,26 @@ def test_yaml_reads_exponent_floats_and_rejects_duplicates() -> None:
         loads_yaml("a: 1\nb: 2\na: 3\n", "x.yaml")
 
 
-@pytest.mark.parametrize("name", ["quickstart", "sst2-minilm", "imdb-bert"])
+SHIPPED_STUDIES = sorted(p.stem for p in (ROOT / "studies").glob("*.yaml"))
+SHIPPED_SPACES = sorted(p.stem for p in SHIPPED_DIR.glob("*.yaml"))
+
+
+def test_the_shipped_files_are_found() -> None:
+    assert {"quickstart", "sst2-minilm"} <= set(SHIPPED_STUDIES) and "default" in SHIPPED_SPACES
+
+
+@pytest.mark.parametrize("name", SHIPPED_STUDIES)
 def test_shipped_studies_validate(name: str) -> None:
+    """Every study in studies/ validates offline (hub models and data are not fetched)."""
     spec = load_study(ROOT / "studies" / f"{name}.yaml")
     assert spec.name == name
-    assert set(spec.space.strategies) >= {"full", "lora"}
+    assert spec.space.strategies
+
+
+@pytest.mark.parametrize("name", SHIPPED_SPACES)
+def test_shipped_spaces_validate(name: str) -> None:
+    space = load_space_file(SHIPPED_DIR / f"{name}.yaml")
+    assert set(space.strategies) >= {"full", "lora"}
 
 
 def test_default_space_is_the_product_card() -> None:

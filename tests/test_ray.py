@@ -92,6 +92,29 @@ def test_two_concurrent_ray_trials_land_in_the_shared_study(
     assert written and not [f for f in written if url.encode() in f.read_bytes()]
 
 
+def test_ray_honours_skip_repeats_like_the_optuna_driver(
+    tmp_path: Path, tiny_model_dir: Path, local_ray: None, ray_results: Path
+) -> None:
+    """One fixed configuration, three Ray trials one at a time: the first trains, the others
+    repeat it (sampler.skip_repeats) and take its value without training."""
+    from hpo.drivers.ray import run_ray
+
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    space = {"strategy": ["full"], "learning_rate": 1e-3, "per_device_train_batch_size": [16]}
+    spec = load_study(
+        write_study(tmp_path, tiny_model_dir, name="rep", space=space, training={"max_train_steps": 4})
+    )
+    run_ray(spec, url, n_trials=3, timeout=None, workers=1, gpus=None, trials_per_gpu=1)
+    trials = optuna.load_study(study_name="rep", storage=url).get_trials()
+    assert [t.state for t in trials] == [TS.COMPLETE] * 3
+    trained = [t for t in trials if "repeat_of" not in t.user_attrs]
+    assert len(trained) == 1 and "train_seconds" in trained[0].user_attrs
+    for t in trials:
+        if t is not trained[0]:
+            assert t.user_attrs["repeat_of"] == trained[0].number and t.value == trained[0].value
+            assert "train_seconds" not in t.user_attrs and t.user_attrs["backend"] == "ray"
+
+
 def test_searcher_marks_stopped_trials_fails_errored_ones_and_pickles_no_storage(tmp_path: Path) -> None:
     from hpo.drivers.ray import _searcher_class
     from hpo.drivers.ray_trial import EVAL_KEY, FINAL_KEY

@@ -32,30 +32,85 @@ def test_hyperband_uses_as_many_brackets_as_the_budget_fills(n_trials: int, brac
 
 
 @pytest.mark.parametrize(
-    ("name", "cls"),
+    ("settings", "cls", "reached"),
     [
-        ("median", optuna.pruners.MedianPruner),
-        ("percentile", optuna.pruners.PercentilePruner),
-        ("successive-halving", optuna.pruners.SuccessiveHalvingPruner),
-        ("patient", optuna.pruners.PatientPruner),
-        ("none", optuna.pruners.NopPruner),
+        (
+            {"pruner.name": "median", "pruner.n_startup_trials": 4, "pruner.n_warmup_steps": 2},
+            optuna.pruners.MedianPruner,
+            {"_n_startup_trials": 4, "_n_warmup_steps": 2, "_percentile": 50.0},
+        ),
+        (
+            {"pruner.name": "median"},  # hpo's defaults: 2 trials, 1 evaluation before pruning
+            optuna.pruners.MedianPruner,
+            {"_n_startup_trials": 2, "_n_warmup_steps": 1},
+        ),
+        (
+            {"pruner.name": "percentile", "pruner.percentile": 30.0, "pruner.n_startup_trials": 5},
+            optuna.pruners.PercentilePruner,
+            {"_percentile": 30.0, "_n_startup_trials": 5, "_n_warmup_steps": 1},
+        ),
+        (
+            {"pruner.name": "successive-halving", "pruner.min_resource": 2, "pruner.reduction_factor": 4},
+            optuna.pruners.SuccessiveHalvingPruner,
+            {"_min_resource": 2, "_reduction_factor": 4},
+        ),
+        (
+            {"pruner.name": "hyperband", "budget.n_trials": 200, "pruner.reduction_factor": 2},
+            optuna.pruners.HyperbandPruner,
+            {"_min_resource": 1, "_max_resource": 8, "_reduction_factor": 2},  # 2 epochs x 4 evals
+        ),
+        ({"pruner.name": "patient", "pruner.patience": 3}, optuna.pruners.PatientPruner, {"_patience": 3}),
+        ({"pruner.name": "none"}, optuna.pruners.NopPruner, {}),
     ],
 )
-def test_pruners_by_name(name: str, cls: type) -> None:
-    assert isinstance(make_pruner(_spec(**{"pruner.name": name})), cls)
+def test_pruner_settings_reach_optuna(
+    settings: dict[str, object], cls: type, reached: dict[str, object]
+) -> None:
+    pruner = make_pruner(_spec(**settings))
+    assert isinstance(pruner, cls)
+    assert {k: getattr(pruner, k) for k in reached} == reached
 
 
 @pytest.mark.parametrize(
-    ("name", "cls"),
+    ("settings", "cls", "reached"),
     [
-        ("tpe", optuna.samplers.TPESampler),
-        ("random", optuna.samplers.RandomSampler),
-        ("gp", optuna.samplers.GPSampler),
-        ("qmc", optuna.samplers.QMCSampler),
+        (
+            {"sampler.name": "tpe", "sampler.n_startup_trials": 7},
+            optuna.samplers.TPESampler,
+            {"_n_startup_trials": 7, "_multivariate": True, "_group": True, "_constant_liar": True},
+        ),
+        (
+            {"sampler.name": "tpe", "budget.n_trials": 12},  # default start-up: a third of the budget
+            optuna.samplers.TPESampler,
+            {"_n_startup_trials": 4},
+        ),
+        (
+            {"sampler.name": "gp", "sampler.n_startup_trials": 5},
+            optuna.samplers.GPSampler,
+            {"_n_startup_trials": 5},
+        ),
+        ({"sampler.name": "qmc", "sampler.seed": 11}, optuna.samplers.QMCSampler, {"_seed": 11}),
+        ({"sampler.name": "random"}, optuna.samplers.RandomSampler, {}),
     ],
 )
-def test_samplers_by_name(name: str, cls: type) -> None:
-    assert isinstance(make_sampler(_spec(**{"sampler.name": name})), cls)
+def test_sampler_settings_reach_optuna(
+    settings: dict[str, object], cls: type, reached: dict[str, object]
+) -> None:
+    sampler = make_sampler(_spec(**settings))
+    assert isinstance(sampler, cls)
+    assert {k: getattr(sampler, k) for k in reached} == reached
+
+
+def test_sampler_seed_reaches_optuna() -> None:
+    """The same sampler.seed draws the same points; another seed draws others."""
+
+    def draws(seed: int) -> list[float]:
+        study = optuna.create_study(
+            sampler=make_sampler(_spec(**{"sampler.name": "random", "sampler.seed": seed}))
+        )
+        return [study.ask().suggest_float("x", 0, 1) for _ in range(3)]
+
+    assert draws(1) == draws(1) != draws(2)
 
 
 def test_parallel_workers_get_different_sampler_seeds() -> None:

@@ -22,8 +22,6 @@ from hpo.config.fields import (
 )
 from hpo.config.retrain import KIND, RetrainSpec, load_retrain_spec, parse_retrain
 from hpo.config.study import (
-    PRUNER_OPTIONS,
-    SAMPLERS,
     BudgetSpec,
     ExecutionSpec,
     PrunerSpec,
@@ -39,8 +37,6 @@ __all__ = [
     "DEVICES",
     "EXTRA_TRAINING_KEYS",
     "KIND",
-    "PRUNER_OPTIONS",
-    "SAMPLERS",
     "TRAINING_KEYS",
     "BudgetSpec",
     "ConfigError",

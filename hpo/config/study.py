@@ -31,6 +31,7 @@ from hpo.config.fields import (
     resolve_model_ref,
 )
 from hpo.data import DataSpec
+from hpo.samplers import PRUNERS, SAMPLERS
 from hpo.space import SearchSpace, parse_space, resolve_space_path
 
 # --------------------------------------------------------------------------- sections
@@ -162,15 +163,6 @@ class StudySpec:
         )
 
 
-SAMPLERS = ("tpe", "random", "gp", "qmc")
-PRUNER_OPTIONS: dict[str, tuple[str, ...]] = {
-    "hyperband": ("min_resource", "reduction_factor"),
-    "successive-halving": ("min_resource", "reduction_factor"),
-    "median": ("n_startup_trials", "n_warmup_steps"),
-    "percentile": ("percentile", "n_startup_trials", "n_warmup_steps"),
-    "patient": ("patience",),
-    "none": (),
-}
 TOP_KEYS = {f.name for f in dataclasses.fields(StudySpec)} - {"space_ref", "path", "model_path"}
 
 
@@ -325,10 +317,10 @@ def _check_sampler(sampler: SamplerSpec, err: Err) -> None:
 
 def _check_pruner(pruner: PrunerSpec, err: Err) -> None:
     """The pruner's name, and only the options that pruner takes, each in its range."""
-    if pruner.name not in PRUNER_OPTIONS:
-        err(f"pruner.name: unknown pruner {pruner.name!r} (known: {', '.join(PRUNER_OPTIONS)})")
+    if pruner.name not in PRUNERS:
+        err(f"pruner.name: unknown pruner {pruner.name!r} (known: {', '.join(PRUNERS)})")
         return
-    allowed = PRUNER_OPTIONS[pruner.name]
+    allowed = PRUNERS[pruner.name].options
     for f in dataclasses.fields(PrunerSpec):
         v = getattr(pruner, f.name)
         if f.name != "name" and v is not None:

@@ -14,6 +14,7 @@ import socket
 import sys
 import traceback
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -247,24 +248,24 @@ def _gpus(value: str) -> list[int]:
     return gpus
 
 
-def _positive(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
-    return n
+def _int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``low`` (1: positive, 0: non-negative)."""
+    expected = "a positive integer" if low == 1 else f"an integer >= {low}"
+
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value!r}") from None
+        if n < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {n}")
+        return n
+
+    return parse
 
 
-def _non_negative(value: str) -> int:
-    try:
-        n = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}") from None
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {n}")
-    return n
+_positive = _int_at_least(1)
+_non_negative = _int_at_least(0)
 
 
 def _seconds(value: str) -> float:

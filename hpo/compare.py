@@ -180,18 +180,8 @@ def compare(storage_url: str, names: list[str], by: str = "study", fmt: str = "t
     return render(compare_rows(storage_url, names, by), by, fmt)
 
 
-LIST_COLUMNS = (
-    "study",
-    "metric",
-    "direction",
-    "trials",
-    "complete",
-    "pruned",
-    "stopped",
-    "fail",
-    "running",
-    "best_value",
-    "best_strategy",
+LIST_COLUMNS = tuple(
+    c for c in STUDY_COLUMNS if c not in ("best_trial", "best_params") and not c.endswith(("_s", "_share"))
 )
 """Keys of one ``hpo studies`` row: a short ``--by study`` row of every study in the storage."""
 

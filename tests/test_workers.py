@@ -453,7 +453,7 @@ def test_trial_of_a_dead_local_worker_is_failed_at_once_and_a_wait_is_announced(
     assert "trial 0 of worker elsewhere:4242 is RUNNING with a heartbeat" in out, out
     assert "it is failed if none comes within" in out, out
     away_trials = _trials(url, "away")
-    assert away_trials[0].state == TS.FAIL
+    assert away_trials[0].state == TS.FAIL, out
     assert away_trials[0].user_attrs["fail_reason"].startswith("worker lost: no heartbeat")
 
 

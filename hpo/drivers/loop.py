@@ -156,7 +156,10 @@ def _retries_to_run(
                 say(f"waiting for other workers: {line}")
         if waited > grace + 2 * interval + slack:
             return False
-        if waited > interval + slack and all(age <= interval + slack for age in ages.values()):
+        # A trial's worker is alive when it beat since we began waiting (its heartbeat is younger
+        # than the wait, less 1 s of timestamp resolution), not merely recently: a heartbeat
+        # recorded just before this worker finished its own trial says nothing about now.
+        if waited > interval + slack and all(age < waited - 1.0 for age in ages.values()):
             return False  # every running trial beat while we waited
         time.sleep(min(1.0, float(interval)))
         if waiting_retries(study):

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from hpo.config import StudySpec
-from hpo.data import LoadedData, load_data, tokenize
+from hpo.data import LoadedData, load_data, pool_folds, tokenize
 from hpo.models import ensure_local_model
 from hpo.tasks import get_task
 
@@ -32,6 +32,9 @@ class WorkerContext:
     worker: str
     _base: Any = None
     load_seconds: float = 0.0
+    folds: list[tuple[list[int], list[int]]] | None = None
+    """``evaluation.folds``: (train, validation) positions in ``datasets["pool"]`` (the train
+    rows, then the validation rows) per fold; None: the single validation split."""
 
     def base_model(self) -> Any:
         """The pretrained model with its task head, loaded once per worker (never trained)."""
@@ -78,6 +81,9 @@ def prepare(spec: StudySpec, need_test: bool = False, worker: str | None = None)
         task=spec.task,
         options=task_options(spec),
     )
+    folds = None
+    if spec.evaluation.folds:
+        folds = pool_folds(data, datasets, spec.evaluation.folds, spec.seed, get_task(spec.task))
     # Metrics do not depend on the evaluation order, padding does: batches of similar length
     # pad least (SST-2 dev, 64 per batch: about half the padded tokens of file order).
     datasets["validation"] = sorted_by_length(datasets["validation"])
@@ -88,6 +94,7 @@ def prepare(spec: StudySpec, need_test: bool = False, worker: str | None = None)
         datasets=datasets,
         device=pick_device(spec.execution.device),
         worker=worker or f"{socket.gethostname()}:{os.getpid()}",
+        folds=folds,
     )
 
 

@@ -113,6 +113,9 @@ def retrain_dict(study: Any, trial: Any, storage_url: str) -> dict[str, Any]:
         "steps",
         "evaluations",
         "selected_evaluation",
+        "folds",
+        "fold_values",
+        "fold_std",
         "device",
         "worker",
     ):
@@ -129,7 +132,7 @@ def retrain_dict(study: Any, trial: Any, storage_url: str) -> dict[str, Any]:
             "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         }
     )
-    return {
+    out = {
         "kind": KIND,
         "task": task_entry(task, hpo_config.get("task_options") or {}),
         "model": {"name": model, "path": model_path},
@@ -142,6 +145,9 @@ def retrain_dict(study: Any, trial: Any, storage_url: str) -> dict[str, Any]:
         "device": "auto",
         "provenance": provenance,
     }
+    if hpo_config.get("evaluation"):  # cross-validated: the retrain trains on the pooled rows
+        out["evaluation"] = dict(hpo_config["evaluation"])
+    return out
 
 
 def pick_trial(study: Any, trial_number: int | None) -> Any:

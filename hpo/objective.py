@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from hpo.context import WorkerContext
+from hpo.crossval import train_folds
 from hpo.space import TrialConfig
 from hpo.training import Outcome, plan_steps, train_and_evaluate, trial_seed
 
@@ -102,6 +103,9 @@ def run_trial(
         return recorder.report(index, index >= planned["evaluations"], metrics)
 
     def attempt(c: TrialConfig) -> Outcome:
+        if ctx.folds:  # evaluation.folds: one report per fold, the running mean (hpo.crossval)
+            planned["evaluations"] = len(ctx.folds)
+            return train_folds(ctx, c, seed, on_eval)
         # Evaluations of this attempt (a retry at half the micro-batch plans more steps).
         planned["evaluations"] = len(plan_steps(len(ctx.datasets["train"]), c, spec)[1])
         return train_and_evaluate(ctx, c, seed, on_eval=on_eval, select=spec.objective.select)
@@ -143,6 +147,7 @@ def outcome_attrs(out: Outcome) -> dict[str, Any]:
             "selected_step": out.selected_step,
         }
     )
+    attrs.update(out.attrs)
     return attrs
 
 

@@ -385,9 +385,12 @@ def retrain(
             f"the trial saw {rspec.data_fingerprint}); metrics will not match the trial's",
             file=sys.stderr,
         )
+    pooled = bool(ctx.folds)  # evaluation.folds: train on what the folds were cut from
+    if pooled:
+        ctx.datasets["train"] = ctx.datasets["pool"]
     say(
-        f"data: train {len(ctx.data.train):,}, validation {len(ctx.data.validation):,}, "
-        f"test {len(ctx.data.test):,} rows; device {ctx.device}"
+        f"data: train {len(ctx.data.train):,}{' + validation (pooled, as the folds)' if pooled else ''}, "
+        f"validation {len(ctx.data.validation):,}, test {len(ctx.data.test):,} rows; device {ctx.device}"
     )
     cfg = rspec.trial_config()
     n_evals = max(1, round(rspec.epochs * rspec.evals_per_epoch))
@@ -431,6 +434,8 @@ def retrain(
         if value is not None and trial_value is not None
         else None,
         "same_data_as_trial": same_data,
+        # cross-validated study: validation rows are trained on, only test is held out
+        "trained_on_validation": pooled,
         "overrides": overrides,
         "epochs": rspec.epochs,
         "seed": rspec.seed,
@@ -481,7 +486,9 @@ def retrain(
 
     if value is not None:
         line = f"validation {rspec.metric} {value:.4f}"
-        if trial_value is not None:
+        if pooled:
+            line += f" (rows trained on; the trial's {len(ctx.folds or [])}-fold mean was {trial_value})"
+        elif trial_value is not None:
             verdict = reproduction_verdict(value - trial_value, same_data, bool(overrides))
             line += f" (trial recorded {trial_value:.4f}: {verdict})"
         say(line)

@@ -15,7 +15,18 @@ from hpo.samplers import PRUNERS, SAMPLERS, PrunerSettings, SamplerSettings
 from hpo.samplers import hyperband_brackets as brackets_for
 
 # Keys of the stored study config that must agree before a worker may add trials.
-_MUST_MATCH = ("task", "task_options", "model", "data", "space", "objective", "budget", "training", "seed")
+_MUST_MATCH = (
+    "task",
+    "task_options",
+    "model",
+    "data",
+    "space",
+    "objective",
+    "evaluation",
+    "budget",
+    "training",
+    "seed",
+)
 
 
 class StudyMismatchError(UserError):
@@ -23,7 +34,10 @@ class StudyMismatchError(UserError):
 
 
 def max_evaluations(spec: StudySpec) -> int:
-    """The pruner's max resource: evaluations in a full-length trial."""
+    """The pruner's max resource: evaluations in a full-length trial (cross-validation: the
+    folds, one report after each)."""
+    if spec.evaluation.folds:
+        return spec.evaluation.folds
     return max(1, round(spec.budget.max_epochs * spec.budget.evals_per_epoch))
 
 

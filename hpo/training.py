@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from hpo.config import StudySpec
@@ -90,6 +90,8 @@ class Outcome:
     model: Any = None
     selected: int = 0
     """1-based index into ``history`` of the evaluation ``metrics`` come from (0: no evaluation)."""
+    attrs: dict[str, Any] = field(default_factory=dict)
+    """More trial user attributes (cross-validation: the value of each fold and their spread)."""
 
     def select(self, metric: str, direction: str, rule: str) -> Outcome:
         """Take ``metrics`` from the evaluation the objective's ``select`` rule picks.

@@ -66,6 +66,34 @@ class ObjectiveSpec:
         return known.direction(self.metric) if known and self.metric in known.metric_names else "maximize"
 
 
+@dataclass
+class EvaluationSpec:
+    """How a trial's value is measured."""
+
+    folds: int | None = None
+    """K-fold cross-validation: each trial trains K models on K folds of the pooled train and
+    validation rows (stratified and grouped the task's way) and its value is the mean over the
+    folds. None: the single validation split."""
+
+
+def check_evaluation(evaluation: EvaluationSpec, objective: ObjectiveSpec, err: Err) -> None:
+    """``evaluation.folds``: an integer >= 2; not with ``objective.select: best`` (each fold would
+    stop at its own step, and a retrain on the pooled rows has none to stop at)."""
+    k = evaluation.folds
+    if k is None:
+        return
+    if isinstance(k, bool) or not isinstance(k, int) or k < 2:
+        err(f"evaluation.folds: expected an integer >= 2 (or null for the validation split), got {k!r}")
+    elif objective.select == "best":
+        err("evaluation.folds: cannot be combined with objective.select: best (use select: last)")
+
+
+def evaluation_dict(evaluation: EvaluationSpec) -> dict[str, Any] | None:
+    """The stored/exported evaluation section; None for the single validation split, so studies
+    and specs written before the key existed still match."""
+    return {"folds": evaluation.folds} if evaluation.folds else None
+
+
 # --------------------------------------------------------------------------- typed sections
 
 

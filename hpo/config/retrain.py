@@ -19,6 +19,7 @@ File layout::
     training: {learning_rate: ..., per_device_train_batch_size: ..., ..., eval_batch_size: 64}
     budget: {max_epochs: 1, evals_per_epoch: 4, stop_after_step: 150}   # stop: objective.select best
     objective: {metric: accuracy, direction: maximize, select: best}
+    evaluation: {folds: 5}      # the study cross-validated: train on train + validation pooled
     seed: 0
     device: auto
     provenance: {study: ..., trial: ..., value: ..., ...}   # free-form record, not read back
@@ -36,10 +37,13 @@ from hpo.config.fields import (
     DEVICES,
     ConfigError,
     Err,
+    EvaluationSpec,
     ObjectiveSpec,
+    check_evaluation,
     check_max_length,
     check_objective,
     check_schedule,
+    evaluation_dict,
     load_mapping,
     looks_local,
     objective_dict,
@@ -65,6 +69,7 @@ TOP_KEYS = (
     "training",
     "budget",
     "objective",
+    "evaluation",
     "seed",
     "device",
     "provenance",
@@ -122,6 +127,9 @@ class RetrainSpec:
     """Training seed (model head initialisation, dropout, data order)."""
     device: str = "auto"
     """auto, cpu or cuda."""
+    evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
+    """The study's ``evaluation:``; with ``folds`` the retrain trains on the train and
+    validation rows pooled (the rows the folds were cut from) and evaluates on test."""
     task_options: dict[str, Any] = field(default_factory=dict)
     """The task's options as the study set them (``task: {name: ..., option: value}``)."""
     provenance: dict[str, Any] = field(default_factory=dict)
@@ -172,7 +180,7 @@ class RetrainSpec:
         data = self.data.as_dict()
         data["source"] = resolved_source(self.data.source, Path(self.data.base_dir))
         data["fingerprint"] = fingerprint if fingerprint is not None else self.data_fingerprint
-        return {
+        out = {
             "kind": KIND,
             "task": task_entry(self.task, self.task_options),
             "model": {"name": self.model, "path": self.model_path},
@@ -185,6 +193,9 @@ class RetrainSpec:
             "device": self.device,
             "provenance": dict(self.provenance if provenance is None else provenance),
         }
+        if evaluation_dict(self.evaluation):
+            out["evaluation"] = evaluation_dict(self.evaluation)
+        return out
 
     def trial_config(self) -> TrialConfig:
         """The TrialConfig a search trial would have built."""
@@ -203,6 +214,7 @@ class RetrainSpec:
             task_options=dict(self.task_options),
             description=f"retrain of {self.summary()}",
             objective=ObjectiveSpec(metric=self.metric, direction=self.direction, select=self.select),
+            evaluation=self.evaluation,
             budget=BudgetSpec(n_trials=1, max_epochs=self.max_epochs, evals_per_epoch=self.evals_per_epoch),
             execution=ExecutionSpec(device=self.device),
             training=dict(self.training),
@@ -330,6 +342,8 @@ def parse_retrain(raw: dict[str, Any], path: Path, *, read_data: bool = False) -
         err(f"budget.stop_after_step: must be a positive step number, got {budget.stop_after_step}")
     objective = parse_section(ObjectiveSpec, raw.get("objective"), "objective", err)
     check_objective(objective, task, err)
+    evaluation = parse_section(EvaluationSpec, raw.get("evaluation"), "evaluation", err)
+    check_evaluation(evaluation, objective, err)
 
     if problems:
         raise ConfigError(problems)
@@ -352,6 +366,7 @@ def parse_retrain(raw: dict[str, Any], path: Path, *, read_data: bool = False) -
         direction=objective.resolved_direction(task),
         seed=seed,
         device=str(device),
+        evaluation=evaluation,
         provenance=provenance,
         raw=raw,
     )

@@ -17,10 +17,13 @@ from hpo.config.fields import (
     DEVICES,
     ConfigError,
     Err,
+    EvaluationSpec,
     ObjectiveSpec,
+    check_evaluation,
     check_max_length,
     check_objective,
     check_schedule,
+    evaluation_dict,
     load_mapping,
     objective_dict,
     parse_data,
@@ -129,6 +132,7 @@ class StudySpec:
     description: str = ""
     """Shown in the dashboard; generated from model, data and space when empty."""
     objective: ObjectiveSpec = field(default_factory=ObjectiveSpec)
+    evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
     budget: BudgetSpec = field(default_factory=BudgetSpec)
     sampler: SamplerSpec = field(default_factory=SamplerSpec)
     pruner: PrunerSpec = field(default_factory=PrunerSpec)
@@ -253,7 +257,9 @@ def parse_study(raw: dict[str, Any], path: Path, *, read_data: bool = False) -> 
     sampler = parse_section(SamplerSpec, raw.get("sampler"), "sampler", err)
     pruner = parse_section(PrunerSpec, raw.get("pruner"), "pruner", err)
     execution = parse_section(ExecutionSpec, raw.get("execution"), "execution", err)
+    evaluation = parse_section(EvaluationSpec, raw.get("evaluation"), "evaluation", err)
     check_objective(objective, task, err)
+    check_evaluation(evaluation, objective, err)
     _check_budget(budget, err)
     _check_sampler(sampler, err)
     _check_pruner(pruner, err)
@@ -285,6 +291,7 @@ def parse_study(raw: dict[str, Any], path: Path, *, read_data: bool = False) -> 
         task_options=task_options,
         description=description,
         objective=objective,
+        evaluation=evaluation,
         budget=budget,
         sampler=sampler,
         pruner=pruner,
@@ -397,6 +404,8 @@ def study_as_dict(spec: StudySpec) -> dict[str, Any]:
         "training": dict(spec.training),
         "seed": spec.seed,
     }
+    if evaluation_dict(spec.evaluation):  # only when set, like task options
+        out["evaluation"] = evaluation_dict(spec.evaluation)
     if spec.task_options:  # only when set, so studies stored before task options still match
         out["task_options"] = dict(spec.task_options)
     return out

@@ -25,7 +25,7 @@ Where things are, in the order data flows:
 - :mod:`~hpo.data.readers`: one local file into a frame (tables, CoNLL, SQuAD JSON);
 - :mod:`~hpo.data.loaders`: the raw splits of each kind of source;
 - :mod:`~hpo.data.labels`: class labels to integers 0..k-1;
-- :mod:`~hpo.data.splits`: carving and subsampling rows;
+- :mod:`~hpo.data.splits`: carving and subsampling rows, cross-validation folds;
 - :mod:`~hpo.data.load`: :func:`load_data`, :class:`LoadedData`, the fingerprint;
 - :mod:`~hpo.data.cache`: :func:`tokenize` and its in-process and disk caches;
 - :mod:`~hpo.data.reviews`, :mod:`~hpo.data.reviews_vocab`: the builtin dataset (imported only
@@ -40,6 +40,7 @@ from hpo.data.load import LoadedData, load_data
 from hpo.data.readers import read_conll, read_squad_json
 from hpo.data.sources import Source, describe_source, is_hub_source, resolve_source
 from hpo.data.spec import DataError, DataSpec
+from hpo.data.splits import fold_indices, pool_folds, pooled_frame
 
 __all__ = [
     "DataError",
@@ -50,8 +51,11 @@ __all__ = [
     "check_spec",
     "clear_tokenize_cache",
     "describe_source",
+    "fold_indices",
     "is_hub_source",
     "load_data",
+    "pool_folds",
+    "pooled_frame",
     "read_conll",
     "read_problems",
     "read_squad_json",

@@ -7,6 +7,8 @@ a ``*_size`` fraction into a row count and into text for people.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pandas as pd
 
 from hpo.data.spec import DataError
@@ -79,3 +81,65 @@ def n_carve(fraction: float, n: int, key: str) -> int:
 def pct(fraction: float) -> str:
     """``0.1`` as ``"10%"``."""
     return f"{fraction * 100:g}%"
+
+
+def fold_indices(df: pd.DataFrame, k: int, seed: int, task: Task) -> list[tuple[list[int], list[int]]]:
+    """``k`` cross-validation folds of ``df``: (train positions, validation positions) each.
+
+    Seeded; stratified by the task's ``stratify`` key and grouped by its ``group`` key (copies of
+    one text, one article's questions) when it repeats, so a group never sits on both sides.
+    Every row is in exactly one validation fold.
+
+    Raises:
+        DataError: fewer rows (or distinct groups) than folds.
+    """
+    import warnings
+
+    from sklearn.model_selection import GroupKFold, KFold, StratifiedGroupKFold, StratifiedKFold
+
+    what = "evaluation.folds"
+    stratify, key = task.stratify(df), task.group(df)
+    grouped = key is not None and bool(key.duplicated().any())
+    n = int(key.nunique()) if grouped and key is not None else len(df)
+    if k > n:
+        unit = "distinct groups" if grouped else "rows"
+        raise DataError(
+            f"{what}: {k} folds need at least {k} {unit}; the pooled train and validation rows have {n}"
+        )
+    positions = list(range(len(df)))
+    y = None if stratify is None else stratify.to_numpy()
+    if stratify is not None and int(stratify.value_counts().max()) < k:
+        y = None  # no class fills every fold (sklearn refuses): plain seeded folds
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # sklearn's note on small classes
+        if grouped and key is not None:
+            groups = key.to_numpy()
+            if y is not None:
+                splits = StratifiedGroupKFold(k, shuffle=True, random_state=seed).split(positions, y, groups)
+            else:
+                splits = GroupKFold(k, shuffle=True, random_state=seed).split(positions, None, groups)
+        elif y is not None:
+            splits = StratifiedKFold(k, shuffle=True, random_state=seed).split(positions, y)
+        else:
+            splits = KFold(k, shuffle=True, random_state=seed).split(positions)
+        return [(sorted(map(int, tr)), sorted(map(int, va))) for tr, va in splits]
+
+
+def pooled_frame(data: Any) -> pd.DataFrame:
+    """The train rows, then the validation rows, numbered 0..n-1 (``LoadedData``)."""
+    return pd.concat([data.train, data.validation], ignore_index=True)
+
+
+def pool_folds(
+    data: Any, datasets: dict[str, Any], k: int, seed: int, task: Task
+) -> list[tuple[list[int], list[int]]]:
+    """Cross-validation set-up: ``datasets["pool"]`` (tokenized train rows, then validation
+    rows) and the :func:`fold_indices` of the pooled rows.
+
+    Call before the validation dataset is reordered: the pool's positions must be the pooled
+    frame's. The test split is never pooled.
+    """
+    from datasets import concatenate_datasets
+
+    datasets["pool"] = concatenate_datasets([datasets["train"], datasets["validation"]])
+    return fold_indices(pooled_frame(data), k, seed, task)

@@ -7,7 +7,6 @@ Heavy packages (torch, transformers, ray) are imported only by the commands that
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import os
 import socket
@@ -45,7 +44,7 @@ def _storage(args: argparse.Namespace) -> str:
 
 
 def _load(args: argparse.Namespace) -> Any:
-    from hpo.config import load_study
+    from hpo.api import load_study
 
     overrides = _overrides(getattr(args, "set", None))
     if getattr(args, "study_name", None):
@@ -99,36 +98,19 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     """Optimize; exit 1 (after the summary) when no trial of this run completed or was pruned."""
-    from datetime import datetime
+    from hpo.api import run
 
-    from hpo.display import print_summary
-    from hpo.drivers import get_driver
-    from hpo.options import resolve_options
-    from hpo.results import run_failure
-    from hpo.storage import backend_name, redact
-
-    spec = _load(args)
-    opts = resolve_options(vars(args), spec)  # flag > env > study file > default, every option
-    url = opts.storage
-    print(
-        f"study {spec.name!r} in {redact(url)}: {opts.n_trials} trials, space {spec.space_ref} "
-        f"({', '.join(spec.space.strategies)}), {spec.objective.metric} ({spec.direction})",
-        flush=True,
+    run(
+        _load(args),
+        storage=args.storage,
+        n_trials=args.n_trials,
+        workers=args.workers,
+        timeout=args.timeout,
+        backend=args.backend,
+        gpus=args.gpus,
+        trials_per_gpu=args.trials_per_gpu,
+        address=args.address,
     )
-    # This run's trials are those started from now on (the study may hold earlier runs'); MySQL
-    # stores trial times truncated to the second (measured), so there whole seconds are compared.
-    started = datetime.now()
-    if backend_name(url) == "mysql":
-        started = started.replace(microsecond=0)
-    # Ray reads the --workers flag only: the file's execution.workers is about local processes.
-    if args.backend == "ray":
-        opts = dataclasses.replace(opts, workers=args.workers or "auto")
-    study = get_driver(args.backend)(spec, opts, address=args.address)
-    print_summary(study)
-    ours = [t for t in study.get_trials(deepcopy=False) if t.datetime_start and t.datetime_start >= started]
-    failure = run_failure(ours)
-    if failure:
-        raise UserError(failure)
     return 0
 
 
@@ -168,9 +150,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from hpo.report import write_report
+    from hpo.api import report as write_report
 
-    report = write_report(_storage(args), args.name, Path(args.output))
+    report = write_report(args.name, Path(args.output), _storage(args))
     for path in report.paths:
         print(path)
     for note in report.skipped:
@@ -179,19 +161,17 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from hpo.export import export_trial
+    from hpo.api import export
 
-    path = export_trial(_storage(args), args.name, Path(args.output), trial_number=args.trial)
+    path = export(args.name, Path(args.output), _storage(args), trial=args.trial)
     print(f"wrote {path}")
     return 0
 
 
 def cmd_retrain(args: argparse.Namespace) -> int:
-    from hpo.retrain import retrain
+    from hpo.api import retrain
 
-    retrain(
-        args.file, Path(args.output) if args.output else None, _overrides(args.set), overwrite=args.overwrite
-    )
+    retrain(args.file, args.output, _overrides(args.set), overwrite=args.overwrite)
     return 0
 
 

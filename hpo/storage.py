@@ -92,18 +92,22 @@ def backend_name(url: str) -> str:
 
 
 def normalize_url(url: str) -> str:
-    """Pick the drivers this package installs where the URL names none.
+    """The URL SQLAlchemy is given: a ``postgresql://`` URL stays exactly as written.
 
-    ``mysql://``/``mariadb://`` -> ``mysql+pymysql://``; ``postgresql://``/``postgres://`` ->
-    ``postgresql+psycopg2://`` (SQLAlchemy 2.1 would otherwise pick psycopg 3, which is not a
-    dependency).
+    SQLAlchemy 2.1 opens ``postgresql://`` with psycopg 3, which is a dependency, so the URL
+    a user gives hpo is the one that works in plain ``optuna.load_study`` and in the
+    ``optuna-dashboard`` command too. Only spellings SQLAlchemy does not take are rewritten:
+    ``postgres://`` (Heroku's alias) -> ``postgresql://``; ``mysql://``/``mariadb://`` ->
+    ``mysql+pymysql://`` (SQLAlchemy's MySQL default is mysqlclient, which is not installed);
+    ``mariadb+DRIVER://`` -> ``mysql+DRIVER://``. A URL that names its driver
+    (``postgresql+psycopg2://``, ``mysql+pymysql://``) is left as it is.
     """
     if url.startswith(("mysql://", "mariadb://")):
         return "mysql+pymysql://" + url.split("://", 1)[1]
     if url.startswith("mariadb+"):
         return "mysql+" + url.split("+", 1)[1]
-    if url.startswith(("postgresql://", "postgres://")):
-        return "postgresql+psycopg2://" + url.split("://", 1)[1]
+    if url.startswith("postgres://"):
+        return "postgresql://" + url.split("://", 1)[1]
     return url
 
 

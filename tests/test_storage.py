@@ -31,8 +31,9 @@ SECRET = "s3cret-Pw"
 def test_urls_are_normalised_and_passwords_redacted() -> None:
     assert normalize_url("mysql://u:p@h/db") == "mysql+pymysql://u:p@h/db"
     assert normalize_url("mariadb://u@h/db") == "mysql+pymysql://u@h/db"
-    assert normalize_url("postgres://u@h/db") == "postgresql+psycopg2://u@h/db"
-    assert normalize_url("postgresql://u@h/db") == "postgresql+psycopg2://u@h/db"
+    assert normalize_url("postgres://u@h/db") == "postgresql://u@h/db"
+    # psycopg 3 is SQLAlchemy 2.1's driver for postgresql://: the URL stays as the user wrote it
+    assert normalize_url("postgresql://u@h/db") == "postgresql://u@h/db"
     assert normalize_url("postgresql+psycopg2://u@h/db") == "postgresql+psycopg2://u@h/db"
     assert backend_name("mysql+pymysql://u@h/db") == "mysql"
     assert backend_name("postgres://h/db") == "postgresql"

@@ -160,9 +160,10 @@ def best_metrics_data(study: Any) -> tuple[Any, dict[str, float], bool]:
     best = best_trial(study)
     if best is None:
         raise Skip("no complete trial yet")
-    names, fractions = study_task(study).chart_metrics
-    values = {m: best.user_attrs.get(f"val_{m}") for m in names}
-    found = {m: float(v) for m, v in values.items() if isinstance(v, (int, float))}
+    task = study_task(study)
+    recorded = [m for m in task.metric_names if isinstance(best.user_attrs.get(f"val_{m}"), (int, float))]
+    names, fractions = task.chart_metrics_of(recorded)
+    found = {m: float(best.user_attrs[f"val_{m}"]) for m in names}
     if not found:
         raise Skip(f"trial {best.number} recorded no validation metrics")
     return best, found, fractions

@@ -12,6 +12,8 @@ Output folder (default ``runs/<study>-trial<N>``)::
                     how to load it (``hpo.retrain.load_trained(folder)`` does)
     metrics.json    validation and test metrics, the trial's recorded metric, train time,
                     the validation curve, data sizes and fingerprints
+    samples.jsonl   generative tasks: greedy generations for test inputs, one JSON object per
+                    line with ``input``, ``reference`` and ``generated``
     config.yaml     the resolved retraining spec (``hpo retrain config.yaml`` runs it again)
     metrics.png     validation vs test bars and the validation curve over evaluations
 """
@@ -100,7 +102,7 @@ def evaluate_split(ctx: Any, model: Any, cfg: Any, seed: int, split: str) -> dic
 
 # --------------------------------------------------------------------------- output folder
 
-WRITTEN = ("model", "metrics.json", "config.yaml", "metrics.png")
+WRITTEN = ("model", "metrics.json", "config.yaml", "metrics.png", "samples.jsonl")
 """What a retrain writes in its output folder; ``--overwrite`` replaces these and nothing else."""
 
 
@@ -277,8 +279,7 @@ def metrics_chart(
     FigureCanvasAgg(fig)
     bars, curve = fig.subplots(1, 2, width_ratios=[1.1, 1])
 
-    shown, fractions = get_task(task).chart_metrics
-    names = [m for m in shown if m in validation or m in test]
+    names, fractions = get_task(task).chart_metrics_of({*validation, *test})
     x = np.arange(len(names))
     for offset, label, values, color in (
         (-0.2, "validation", validation, "#1f77b4"),
@@ -460,6 +461,14 @@ def retrain(
     }
     metrics_path = out_dir / "metrics.json"
     metrics_path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    paths = [model_dir, metrics_path]
+    sampler = get_task(rspec.task).samples
+    if sampler is not None:  # a generative task: what the model writes for test inputs
+        samples = sampler(ctx, out.model, "test")
+        paths.append(out_dir / "samples.jsonl")
+        paths[-1].write_text(
+            "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in samples), encoding="utf-8"
+        )
 
     from hpo._yaml import dump_yaml
 
@@ -494,7 +503,7 @@ def retrain(
         say(line)
     order = get_task(rspec.task).metric_names
     say("test " + ", ".join(f"{k} {test[k]:.4f}" for k in order if k in test))
-    paths = [model_dir, metrics_path, config_path, chart]
+    paths += [config_path, chart]
     say("wrote " + ", ".join(str(p) for p in paths))
     return RetrainResult(
         out_dir=out_dir,

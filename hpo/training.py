@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hpo.config import StudySpec
-from hpo.context import WorkerContext
+from hpo.context import WorkerContext, task_options
 from hpo.space import TrialConfig
 from hpo.strategies import count_parameters, get_strategy
 from hpo.tasks import get_task
@@ -122,11 +122,14 @@ class Outcome:
 def training_arguments(
     ctx: WorkerContext, cfg: TrialConfig, seed: int, output_dir: str, max_steps: int
 ) -> Any:
-    """TrainingArguments for one run; evaluation is driven by EvalSchedule, nothing is saved."""
-    from transformers import TrainingArguments
+    """TrainingArguments for one run (the task's class and extra arguments); evaluation is
+    driven by EvalSchedule, nothing is saved."""
+    import transformers
 
+    task = get_task(ctx.spec.task)
+    options = task_options(ctx.spec)
     t = cfg.training
-    return TrainingArguments(
+    return getattr(transformers, task.trainer[1])(
         output_dir=output_dir,
         learning_rate=float(t["learning_rate"]),
         per_device_train_batch_size=int(t["per_device_train_batch_size"]),
@@ -150,7 +153,8 @@ def training_arguments(
         data_seed=seed,
         use_cpu=ctx.device == "cpu",
         dataloader_num_workers=0,
-        label_names=list(get_task(ctx.spec.task).label_columns),
+        label_names=list(task.label_columns),
+        **task.trainer_arguments(options),
     )
 
 
@@ -187,12 +191,13 @@ def make_trainer(
     Training (``train_and_evaluate``) and the retrain's test evaluation build their Trainer
     here, so they score a split the same way.
     """
-    from transformers import PrinterCallback, Trainer
+    import transformers
+    from transformers import PrinterCallback
 
     task = get_task(ctx.spec.task)
     evaluation = task.evaluator(ctx, eval_split)
     evaluation.model = model
-    trainer = Trainer(
+    trainer = getattr(transformers, task.trainer[0])(
         model=model,
         args=training_arguments(ctx, cfg, seed, output_dir, max_steps),
         train_dataset=train_dataset,

@@ -388,6 +388,20 @@ def check_objective(objective: ObjectiveSpec, task: str, err: Err) -> None:
         err(f"objective.select: expected {' or '.join(SELECT)}, got {objective.select!r}")
 
 
+def check_task(
+    task: str, options: dict[str, Any], metric: str, model_config: dict[str, Any] | None, err: Err
+) -> None:
+    """The task's own checks: its option values (and the objective metric they allow), and
+    whether it runs on the model (``Task.check_options``, ``Task.check_model``)."""
+    from hpo.tasks import TASKS
+
+    known = TASKS[task]
+    for msg in known.check_options({**known.options, **options}, metric):
+        err(msg)
+    for msg in known.check_model(model_config):
+        err(f"model: {msg}")
+
+
 def check_schedule(budget: Any, err: Err) -> None:
     """Epochs and evaluations per epoch of a study's or a retraining spec's budget."""
     if budget.max_epochs <= 0:

@@ -43,6 +43,7 @@ from hpo.config.fields import (
     check_max_length,
     check_objective,
     check_schedule,
+    check_task,
     evaluation_dict,
     load_mapping,
     looks_local,
@@ -344,6 +345,7 @@ def parse_retrain(raw: dict[str, Any], path: Path, *, read_data: bool = False) -
     check_objective(objective, task, err)
     evaluation = parse_section(EvaluationSpec, raw.get("evaluation"), "evaluation", err)
     check_evaluation(evaluation, objective, err)
+    check_task(task, task_options, objective.metric, model_config, err)
 
     if problems:
         raise ConfigError(problems)

@@ -23,6 +23,7 @@ from hpo.config.fields import (
     check_max_length,
     check_objective,
     check_schedule,
+    check_task,
     evaluation_dict,
     load_mapping,
     objective_dict,
@@ -260,6 +261,7 @@ def parse_study(raw: dict[str, Any], path: Path, *, read_data: bool = False) -> 
     evaluation = parse_section(EvaluationSpec, raw.get("evaluation"), "evaluation", err)
     check_objective(objective, task, err)
     check_evaluation(evaluation, objective, err)
+    check_task(task, task_options, objective.metric, model_config, err)
     _check_budget(budget, err)
     _check_sampler(sampler, err)
     _check_pruner(pruner, err)

@@ -15,7 +15,8 @@ applies, from the base model's config.json:
 - with peft 0.21 on transformers 5, PEFT's prefix tuning runs only for causal LM: for
   classification it looks for a ``past_key_values`` argument on the model's ``forward``,
   which transformers 5 renamed ``cache``, and fails in the first forward pass. So when the
-  caller passes ``task``, prefix tuning for any task but ``causal-lm`` is rejected; ``apply``
+  caller passes ``task``, prefix tuning for a task whose record does not say
+  ``prefix_tuning=True`` (:func:`prefix_tasks`: ``causal-lm``) is rejected; ``apply``
   applies PEFT's own test to the loaded model and raises before training starts.
 
 Trainable: the prompt (or prefix) embeddings and, except for causal LM, the task head.
@@ -37,7 +38,6 @@ NAME = "prompt"
 DEFAULTS: dict[str, object] = {"num_virtual_tokens": 20, "prompt_type": "prompt", "init": "random"}
 PROMPT_TYPES = ("prompt", "prefix")
 INITS = ("random", "sample_vocab")
-PREFIX_TASKS = ("causal-lm",)
 DECODER_MODEL_TYPES = (
     "bloom",
     "codegen",
@@ -108,16 +108,25 @@ def check(
         )
     model_type = (model_config or {}).get("model_type")
     if model_config and model_type and not has_past_key_values(model_config):
+        for_task = f"for task {task!r} " if task else ""
         problems.append(
-            f"strategy '{NAME}': prompt_type 'prefix' needs a model with past key values (decoder models); "
-            f"model type {model_type!r} has none — use prompt_type: prompt"
+            f"strategy '{NAME}': prompt_type 'prefix' {for_task}needs a model with past key values (decoder "
+            f"models); model type {model_type!r} has none — use prompt_type: prompt"
         )
-    elif task is not None and task not in PREFIX_TASKS:
+    elif task is not None and task not in prefix_tasks():
+        on_model = f" on model type {model_type!r}" if model_type else ""
         problems.append(
-            f"strategy '{NAME}': prompt_type 'prefix' runs only for task {', '.join(PREFIX_TASKS)} with the "
-            f"installed peft (task {task!r} fails in the first forward pass) — use prompt_type: prompt"
+            f"strategy '{NAME}': prompt_type 'prefix' runs only for task {', '.join(prefix_tasks())} with the "
+            f"installed peft (task {task!r}{on_model} fails in the first forward pass) — use prompt_type: prompt"
         )
     return problems
+
+
+def prefix_tasks() -> list[str]:
+    """The registered tasks whose record says prefix tuning runs for them (``Task.prefix_tuning``)."""
+    from hpo.tasks import TASKS
+
+    return sorted(name for name, t in TASKS.items() if t.prefix_tuning)
 
 
 def virtual_positions(params: dict[str, Any]) -> int:

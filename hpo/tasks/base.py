@@ -70,6 +70,21 @@ class Evaluator:
     model: Any = None
 
 
+def no_option_problems(options: dict[str, Any], metric: str) -> list[str]:
+    """A task whose options need no check beyond their types."""
+    return []
+
+
+def any_model(model_config: dict[str, Any] | None) -> list[str]:
+    """A task that runs on any model the Auto class loads (the load itself reports the rest)."""
+    return []
+
+
+def no_trainer_arguments(options: dict[str, Any]) -> dict[str, Any]:
+    """A task that trains with hpo's TrainingArguments as they are."""
+    return {}
+
+
 @dataclass(frozen=True)
 class Task:
     """One kind of task (sequence classification, NER, QA, ...).
@@ -125,7 +140,23 @@ class Task:
     """Whether PEFT prefix tuning runs for this task (it needs a decoder's key/value cache)."""
     options: dict[str, Any] = field(default_factory=dict)
     """Task options a study file may set under ``task:`` (``{name: ..., option: value}``),
-    with their defaults."""
+    with their defaults (a value's type is checked against its default's unless that is None)."""
+    check_options: Callable[[dict[str, Any], str], list[str]] = no_option_problems
+    """(the options, defaults filled in; the objective metric) -> problems as one-line
+    ``task.<option>: ...`` strings: values out of range, a metric the options turn off."""
+    check_model: Callable[[dict[str, Any] | None], list[str]] = any_model
+    """(the base model's config.json, None when unknown) -> problems: a model this task cannot
+    run on (an encoder for a generative task). Runs at validation time: imports nothing heavy."""
+    trainer: tuple[str, str] = ("Trainer", "TrainingArguments")
+    """The transformers Trainer and TrainingArguments classes the task trains with, by name
+    (``("Seq2SeqTrainer", "Seq2SeqTrainingArguments")``)."""
+    trainer_arguments: Callable[[dict[str, Any]], dict[str, Any]] = no_trainer_arguments
+    """(the options, defaults filled in) -> extra keyword arguments for the TrainingArguments
+    class (``predict_with_generate``, ``generation_max_length``)."""
+    samples: Callable[[Any, Any, str], list[dict[str, Any]]] | None = None
+    """(worker context, trained model, split name) -> generated examples, each a mapping with
+    ``input``, ``reference`` and ``generated`` text, which ``hpo retrain`` writes to
+    ``samples.jsonl`` next to ``metrics.json``. None: the task generates no text."""
 
     def metric(self, name: str) -> Metric:
         """The metric called ``name``.
@@ -152,6 +183,16 @@ class Task:
         """
         fractions = tuple(m.name for m in self.metrics if m.fraction)
         return (fractions, True) if fractions else (self.metric_names, False)
+
+    def chart_metrics_of(self, recorded: Any) -> tuple[tuple[str, ...], bool]:
+        """:attr:`chart_metrics` among the metrics a run ``recorded`` (names): the recorded
+        fractions when there are any, else every recorded metric on its own scale (a causal
+        LM's loss and perplexity when it computed no ROUGE)."""
+        have = set(recorded)
+        fractions = tuple(m.name for m in self.metrics if m.fraction and m.name in have)
+        if fractions:
+            return fractions, True
+        return tuple(m for m in self.metric_names if m in have), False
 
     def direction(self, metric: str) -> str:
         """``maximize`` or ``minimize`` for one of the task's metrics."""

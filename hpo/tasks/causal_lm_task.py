@@ -60,11 +60,14 @@ OPTIONS: dict[str, Any] = {
     "generation_rows": 0,
     "max_new_tokens": 64,
     "sample_rows": 16,
+    "prompt_prefix": "",
 }
 """``chat_template``: null (use the tokenizer's when it has one and the data has prompts), true
 or false. ``generation_rows``: validation rows generated greedily and scored by ROUGE at every
 evaluation (0: no ROUGE). ``max_new_tokens``: most tokens generated per row. ``sample_rows``:
-test rows whose generations ``hpo retrain`` writes to ``samples.jsonl``."""
+test rows whose generations ``hpo retrain`` writes to ``samples.jsonl``. ``prompt_prefix``: text
+put before every text prompt (an instruction for data that has none, e.g. ``"Write a headline
+for this news sentence:\n\n"``), in training and generation alike."""
 
 ENCODER_TYPES = ("albert", "bert", "deberta", "deberta-v2", "distilbert", "electra", "mpnet", "roberta")
 """Model types that are encoders only: AutoModelForCausalLM cannot load them as a decoder."""
@@ -110,6 +113,12 @@ def group(frame: pd.DataFrame) -> pd.Series:
     return frame["prompt"].map(lambda p: p if isinstance(p, str) else json.dumps(list(p), sort_keys=True))
 
 
+def prompts_of(frame: pd.DataFrame, options: dict[str, Any]) -> list[Any]:
+    """The split's prompts, ``task.prompt_prefix`` before each text prompt (chat turns as they are)."""
+    prefix = options.get("prompt_prefix") or ""
+    return [prefix + p if isinstance(p, str) and prefix else p for p in frame["prompt"].tolist()]
+
+
 def use_chat_template(options: dict[str, Any], tokenizer: Any, prompts: list[Any]) -> bool:
     """``task.chat_template``, or when unset: the tokenizer has a template and some row a prompt."""
     if options.get("chat_template") is not None:
@@ -128,7 +137,7 @@ def encode(
 ) -> dict[str, list[Any]]:
     """Token ids, attention mask and labels (-100 on prompt tokens); rows with no completion
     token left after truncation are dropped."""
-    prompts = frame["prompt"].tolist()
+    prompts = prompts_of(frame, options)
     chat = use_chat_template(options, tokenizer, prompts)
     enc = causal_lm.encode(prompts, frame["completion"].tolist(), tokenizer, max_length, chat)
     return dict(enc.columns)
@@ -168,7 +177,7 @@ def rows_of(ctx: Any, split: str, n: int) -> pd.DataFrame:
 def generate_rows(ctx: Any, model: Any, rows: pd.DataFrame) -> list[str]:
     """Greedy completions of the rows' prompts, tokenized as training tokenized them."""
     options = options_of(ctx)
-    prompts = rows["prompt"].tolist()
+    prompts = prompts_of(rows, options)
     return causal_lm.generate(
         model,
         ctx.tokenizer,
@@ -204,7 +213,7 @@ def samples(ctx: Any, model: Any, split: str) -> list[dict[str, Any]]:
     generated = generate_rows(ctx, model, rows)
     return [
         {"input": p if isinstance(p, str) else list(p), "reference": c, "generated": g}
-        for p, c, g in zip(rows["prompt"], rows["completion"], generated, strict=True)
+        for p, c, g in zip(prompts_of(rows, options_of(ctx)), rows["completion"], generated, strict=True)
     ]
 
 

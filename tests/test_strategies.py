@@ -244,7 +244,8 @@ _TINY_OVERRIDES: dict[str, dict[str, Any]] = {
 }
 
 
-@pytest.mark.parametrize("model_type", SUPPORTED_MODEL_TYPES)
+# T5, an encoder-decoder whose classifier needs EOS in every row: tests/test_task_seq2seq.py
+@pytest.mark.parametrize("model_type", [t for t in SUPPORTED_MODEL_TYPES if t != "t5"])
 def test_adapter_supported_model_types(model_type: str) -> None:
     config = AutoConfig.for_model(
         model_type, **_TINY_OVERRIDES.get(model_type, TINY), num_labels=2, pad_token_id=0

@@ -49,7 +49,8 @@ class ObjectiveSpec:
     """What the search optimizes."""
 
     metric: str = "accuracy"
-    """Validation metric of the task (accuracy, precision, recall, f1, loss)."""
+    """Validation metric of the task (accuracy, precision, recall, f1, loss; ROUGE for seq2seq);
+    a study file that names none takes its task's default metric."""
     direction: str | None = None
     """maximize or minimize; default follows the metric (loss: minimize, else maximize)."""
     select: str = "last"
@@ -371,6 +372,14 @@ def objective_dict(metric: str, direction: str | None, select: str) -> dict[str,
     if select != "last":
         out["select"] = select
     return out
+
+
+def default_metric(task: str) -> str:
+    """The objective metric of a study file that names none: the task's (``Task.default_metric``)."""
+    from hpo.tasks import TASKS
+
+    known = TASKS.get(task)
+    return known.default_metric if known is not None else ObjectiveSpec.metric
 
 
 def check_objective(objective: ObjectiveSpec, task: str, err: Err) -> None:

@@ -24,6 +24,7 @@ from hpo.config.fields import (
     check_objective,
     check_schedule,
     check_task,
+    default_metric,
     evaluation_dict,
     load_mapping,
     objective_dict,
@@ -254,6 +255,8 @@ def parse_study(raw: dict[str, Any], path: Path, *, read_data: bool = False) -> 
     data = parse_data(raw.get("data"), base_dir, seed, err, read=read_data, task=task)
 
     objective = parse_section(ObjectiveSpec, raw.get("objective"), "objective", err)
+    if not isinstance(raw.get("objective"), dict) or "metric" not in raw["objective"]:
+        objective.metric = default_metric(task)
     budget = parse_section(BudgetSpec, raw.get("budget"), "budget", err)
     sampler = parse_section(SamplerSpec, raw.get("sampler"), "sampler", err)
     pruner = parse_section(PrunerSpec, raw.get("pruner"), "pruner", err)

@@ -56,5 +56,10 @@ class WithAdapter(nn.Module):
         self.base = base
         self.adapter = adapter
 
+    @property
+    def weight(self) -> Any:
+        """The projection's weight: models read it to pick a dtype (T5's feed-forward reads ``wo.weight``)."""
+        return self.base.weight
+
     def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
         return self.adapter(self.base(*args, **kwargs))

@@ -47,16 +47,55 @@ def _param_ids(modules: Iterable[nn.Module]) -> set[int]:
     return {id(p) for m in modules for p in m.parameters()}
 
 
+def is_encoder_decoder(model: nn.Module) -> bool:
+    """True for an encoder-decoder (T5, BART): its config says so and it exposes both halves."""
+    config = getattr(model, "config", None)
+    return bool(getattr(config, "is_encoder_decoder", False)) and all(
+        callable(getattr(model, f, None)) for f in ("get_encoder", "get_decoder")
+    )
+
+
+def backbone_parts(model: nn.Module) -> list[nn.Module]:
+    """The modules that make up a task model's backbone: the ``base_model_prefix`` attribute,
+    or an encoder-decoder's encoder, decoder and input embedding (T5 names its prefix
+    ``transformer`` but has no such attribute); empty when the model is its own backbone."""
+    if is_encoder_decoder(model):
+        parts = [model.get_encoder(), model.get_decoder()]  # type: ignore[operator]
+        get_embedding = getattr(model, "get_input_embeddings", None)
+        embedding = get_embedding() if callable(get_embedding) else None
+        return [*parts, embedding] if embedding is not None else parts
+    base = base_model_of(model)
+    return [] if base is model else [base]
+
+
 def head_parameter_ids(model: nn.Module) -> set[int]:
     """Ids of the task head's parameters: everything outside the backbone.
 
     A head weight tied to a backbone weight (an LM head tied to the input embedding) is the
     backbone's, not the head's, so freezing the embedding keeps it frozen.
     """
-    base = base_model_of(model)
-    if base is model:
+    parts = backbone_parts(model)
+    if not parts:
         return set()
-    return _param_ids([model]) - _param_ids([base])
+    return _param_ids([model]) - _param_ids(parts)
+
+
+def layer_stacks(model: nn.Module) -> list[tuple[str, nn.Module, nn.ModuleList]]:
+    """The transformer blocks of a model: ``(qualified name, owner, ModuleList)`` per stack.
+
+    One stack (:func:`find_layer_stack`) for an encoder or a decoder model; an encoder-decoder
+    has two, the encoder's then the decoder's (``encoder.block``, ``decoder.block``), each owned
+    by its half (what follows a stack in its owner, a final norm, sits on top of it).
+    """
+    if not is_encoder_decoder(model):
+        name, stack = find_layer_stack(model)
+        return [(name, base_model_of(model), stack)]
+    names = {id(m): n for n, m in model.named_modules()}
+    out = []
+    for part in (model.get_encoder(), model.get_decoder()):  # type: ignore[operator]
+        name, stack = find_layer_stack(part)
+        out.append((f"{names[id(part)]}.{name}", part, stack))
+    return out
 
 
 def find_layer_stack(model: nn.Module) -> tuple[str, nn.ModuleList]:

@@ -15,6 +15,9 @@ _TASK_TYPES: tuple[tuple[tuple[str, ...], str], ...] = (
     (("ForCausalLM", "LMHeadModel"), "CAUSAL_LM"),
     (("ForConditionalGeneration", "ForSeq2SeqLM"), "SEQ_2_SEQ_LM"),
 )
+GENERATIVE_TASK_TYPES = ("CAUSAL_LM", "SEQ_2_SEQ_LM")
+"""PEFT task types whose head is the pretrained LM head (often tied to the input embedding):
+nothing is new, so no trained copy of it (``modules_to_save``) is made."""
 
 
 def peft_task_type(model: nn.Module) -> str:

@@ -9,6 +9,9 @@ and a zero-initialised up-projection, inserted right after a sub-layer's output 
   projection of every layer;
 - ``pfeiffer``: after the feed-forward output projection only.
 
+An encoder-decoder (T5) gets them in the blocks of both stacks, after self-attention and the
+feed-forward (not after the decoder's cross-attention).
+
 Injection points are found per layer from :data:`PATTERNS` (relative module paths of the two
 projections); :data:`SUPPORTED_MODEL_TYPES` lists the model types they were verified on, and
 ``check`` rejects other known model types. What trains: the adapters, every LayerNorm/RMSNorm
@@ -38,6 +41,8 @@ PATTERNS: tuple[tuple[str, str], ...] = (
     ("attn.c_proj", "mlp.c_proj"),  # GPT-2
     ("self_attn.o_proj", "mlp.down_proj"),  # Llama, Mistral, Qwen2
     ("self_attn.out_proj", "fc2"),  # OPT
+    ("layer.0.SelfAttention.o", "layer.1.DenseReluDense.wo"),  # T5 encoder block
+    ("layer.0.SelfAttention.o", "layer.2.DenseReluDense.wo"),  # T5 decoder block (1: cross-attention)
 )
 
 # model types whose layers match PATTERNS (tests/test_strategies.py builds one of each)
@@ -53,6 +58,7 @@ SUPPORTED_MODEL_TYPES = (
     "opt",
     "qwen2",
     "roberta",
+    "t5",
     "xlm-roberta",
 )
 
@@ -103,9 +109,15 @@ def find_injection_points(model: nn.Module, adapter_type: str = "houlsby") -> li
         ValueError: A layer matches none of :data:`PATTERNS`, i.e. the architecture is not
             supported.
     """
-    from hpo.strategies._modules import find_layer_stack
+    from hpo.strategies._modules import layer_stacks
 
-    stack_name, stack = find_layer_stack(model)
+    names: list[str] = []
+    for stack_name, _, stack in layer_stacks(model):
+        names += _stack_points(model, stack_name, stack, adapter_type)
+    return names
+
+
+def _stack_points(model: nn.Module, stack_name: str, stack: nn.ModuleList, adapter_type: str) -> list[str]:
     names: list[str] = []
     for i, layer in enumerate(stack):
         owned = {n for n, _ in layer.named_modules()}

@@ -3,8 +3,9 @@
 ``lora_alpha = r * alpha_over_r``. With ``target_modules`` unset, the projections come from
 PEFT's per-model-type table (``query``/``value`` for BERT, ``q_proj``/``v_proj`` for Llama),
 else from the attention projections the model has by their usual names. The task head is
-passed to PEFT as ``modules_to_save`` (a trained copy) for every task except causal LM, whose
-head is usually tied to the input embedding and stays frozen.
+passed to PEFT as ``modules_to_save`` (a trained copy) for every task except the generative
+ones (causal LM, seq2seq), whose LM head is pretrained, often tied to the input embedding, and
+stays frozen.
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ def apply(model: PreTrainedModel, params: dict[str, Any]) -> nn.Module:
     """
     from peft import LoraConfig, get_peft_model
 
-    from hpo.strategies._peft import head_module_names, peft_task_type
+    from hpo.strategies._peft import GENERATIVE_TASK_TYPES, head_module_names, peft_task_type
 
     p = with_defaults(DEFAULTS, params)
     problems = check(None, p)
@@ -130,7 +131,7 @@ def apply(model: PreTrainedModel, params: dict[str, Any]) -> nn.Module:
         lora_alpha=p["r"] * p["alpha_over_r"],
         lora_dropout=p["dropout"],
         target_modules=p["target_modules"] or default_target_modules(model),
-        modules_to_save=None if task_type == "CAUSAL_LM" else head_module_names(model),
+        modules_to_save=None if task_type in GENERATIVE_TASK_TYPES else head_module_names(model),
     )
     return get_peft_model(model, config)
 

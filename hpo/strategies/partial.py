@@ -1,10 +1,11 @@
 """``partial``: freeze the embeddings and the lower layers; the top K layers and the head train.
 
 ULMFiT-style. The layer stack is found generically (the backbone's ``nn.ModuleList`` of
-blocks: ``bert.encoder.layer``, ``transformer.h``, ``model.layers``). Besides the top K
-blocks, whatever the backbone registers after the stack (BERT's pooler, a decoder's final
-norm) and everything outside the backbone (the task head) trains; embeddings and lower
-blocks are frozen. A head weight tied to the input embedding stays frozen with it.
+blocks: ``bert.encoder.layer``, ``transformer.h``, ``model.layers``); an encoder-decoder (T5)
+has two, and the top K blocks of each train. Besides the top K blocks, whatever the backbone
+registers after the stack (BERT's pooler, a decoder's final norm) and everything outside the
+backbone (the task head) trains; embeddings and lower blocks are frozen. A head weight tied to
+the input embedding stays frozen with it.
 """
 
 from __future__ import annotations
@@ -37,10 +38,13 @@ def check(
     k = with_defaults(DEFAULTS, params)["trainable_top_layers"]
     problems = int_at_least(NAME, "trainable_top_layers", k, 1)
     n = num_layers(model_config)
+    decoder = (model_config or {}).get("num_decoder_layers")  # an encoder-decoder's second stack
+    if n is not None and isinstance(decoder, int) and not isinstance(decoder, bool):
+        n = min(n, decoder)
     if not problems and n is not None and k > n:
         problems.append(
             f"strategy '{NAME}': trainable_top_layers must be between 1 and {n} "
-            f"(the model's num_hidden_layers), got {k}"
+            f"(the model's {'layers per stack' if decoder is not None else 'num_hidden_layers'}), got {k}"
         )
     return problems
 
@@ -58,22 +62,20 @@ def apply(model: PreTrainedModel, params: dict[str, Any]) -> nn.Module:
     Raises:
         ValueError: K is outside 1..number of layers, or the layer stack cannot be found.
     """
-    from hpo.strategies._modules import (
-        find_layer_stack,
-        head_parameter_ids,
-        params_after_stack,
-        set_trainable,
-    )
+    from hpo.strategies._modules import head_parameter_ids, layer_stacks, params_after_stack, set_trainable
 
     k = with_defaults(DEFAULTS, params)["trainable_top_layers"]
-    name, stack = find_layer_stack(model)
-    if not 1 <= k <= len(stack):
-        raise ValueError(
-            f"strategy '{NAME}': trainable_top_layers must be between 1 and {len(stack)} "
-            f"(layers in {name}), got {k}"
-        )
-    top = {id(p) for block in stack[len(stack) - k :] for p in block.parameters()}
-    set_trainable(model, top | params_after_stack(model, stack) | head_parameter_ids(model))
+    trainable = head_parameter_ids(model)
+    # An encoder-decoder has two stacks: the top K blocks of each train (and what follows them).
+    for name, owner, stack in layer_stacks(model):
+        if not 1 <= k <= len(stack):
+            raise ValueError(
+                f"strategy '{NAME}': trainable_top_layers must be between 1 and {len(stack)} "
+                f"(layers in {name}), got {k}"
+            )
+        trainable |= {id(p) for block in stack[len(stack) - k :] for p in block.parameters()}
+        trainable |= params_after_stack(owner, stack)
+    set_trainable(model, trainable)
     return model
 
 

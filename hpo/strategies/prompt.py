@@ -161,14 +161,14 @@ def apply(model: PreTrainedModel, params: dict[str, Any]) -> nn.Module:
     from peft import PrefixTuningConfig, PromptTuningConfig, PromptTuningInit, get_peft_model
 
     from hpo.strategies._modules import base_model_of
-    from hpo.strategies._peft import head_module_names, peft_task_type
+    from hpo.strategies._peft import GENERATIVE_TASK_TYPES, head_module_names, peft_task_type
 
     p = with_defaults(DEFAULTS, params)
     problems = check(None, p)
     if problems:
         raise ValueError("; ".join(problems))
     task_type = peft_task_type(model)
-    modules_to_save = None if task_type == "CAUSAL_LM" else head_module_names(model)
+    modules_to_save = None if task_type in GENERATIVE_TASK_TYPES else head_module_names(model)
     config: PromptTuningConfig | PrefixTuningConfig
     if p["prompt_type"] == "prompt":
         # The soft prompt is concatenated with the word embeddings, whose width PEFT reads as

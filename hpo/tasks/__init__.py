@@ -9,7 +9,7 @@ nothing heavy.
 
 from __future__ import annotations
 
-from hpo.tasks import causal_lm_task, sequence_classification
+from hpo.tasks import causal_lm_task, seq2seq, sequence_classification
 from hpo.tasks.base import Evaluator, Metric, Role, Task
 
 __all__ = ["TASKS", "Evaluator", "Metric", "Role", "Task", "get_task"]
@@ -17,6 +17,7 @@ __all__ = ["TASKS", "Evaluator", "Metric", "Role", "Task", "get_task"]
 TASKS: dict[str, Task] = {
     "sequence-classification": sequence_classification.TASK,
     "causal-lm": causal_lm_task.TASK,
+    "seq2seq": seq2seq.TASK,
 }
 
 

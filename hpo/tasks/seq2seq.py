@@ -14,10 +14,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from hpo.errors import DataError
-from hpo.tasks.generation_metrics import loss_metrics, token_nll
+import pandas as pd
 
-__all__ = ["encode", "generate", "loss_metrics", "preprocess_logits"]
+from hpo.errors import DataError
+from hpo.tasks.base import Evaluator, Metric, Role, Task, any_train, keep_labels, no_key, no_vocabulary
+from hpo.tasks.columns import check_text, select_columns
+from hpo.tasks.generation_metrics import loss_metrics, rouge, token_nll
+from hpo.tasks.heads import keep_pretrained_head
+
+__all__ = ["TASK", "encode", "generate", "loss_metrics", "preprocess_logits"]
 
 
 def _check_texts(values: Sequence[Any], what: str, allow_empty: bool) -> list[str]:
@@ -151,3 +156,140 @@ def generate(
     finally:
         model.train(was_training)
     return out
+
+
+# --------------------------------------------------------------------------- the task record
+
+METRICS = (
+    Metric(
+        "loss", "minimize", fraction=False, description="token-weighted cross-entropy of the targets (nats)"
+    ),
+    Metric("perplexity", "minimize", fraction=False, description="exp(loss)"),
+    Metric("rouge1", "maximize", description="ROUGE-1 F of greedy outputs on generate_rows rows"),
+    Metric("rouge2", "maximize", description="ROUGE-2 F of greedy outputs on generate_rows rows"),
+    Metric("rougeL", "maximize", description="ROUGE-L (LCS) F of greedy outputs on generate_rows rows"),
+)
+ROLES = (
+    Role("text", "text", description="the input text (document, question, sentence to translate)"),
+    Role("target", "target", target=True, description="the text to generate (headline, summary, answer)"),
+)
+OPTIONS: dict[str, Any] = {
+    "source_prefix": "",
+    "max_target_length": 64,
+    "max_new_tokens": 64,
+    "generate_rows": 64,
+}
+"""Task options (``task: {name: seq2seq, ...}``): the text put before every input (T5's
+``"summarize: "``), target tokens kept for training and the loss, most tokens generated per
+row, and validation rows generated for ROUGE at each evaluation (the first ones in file order).
+The input is cut at ``data.max_length`` tokens."""
+STRATEGY_LIMITS = {
+    "prefix": "prompt_type 'prefix' trains, but the installed transformers drops the prefix cache "
+    "in generate(), so the outputs ROUGE scores ignore it (use prompt_type: prompt)",
+}
+
+
+def normalize(df: pd.DataFrame, columns: dict[str, str], shown: str) -> pd.DataFrame:
+    """Columns text and target, both non-empty text."""
+    out = select_columns(df, columns, shown)
+    for role in ("text", "target"):
+        check_text(out[role], shown, columns[role])
+    return out
+
+
+def group(frame: pd.DataFrame) -> pd.Series:
+    """Copies of one input stay on one side of a carve (a test input seen in training is no test)."""
+    return frame["text"]
+
+
+def check_options(options: dict[str, Any]) -> list[str]:
+    """Problems with the option values (their types are checked by the study file's parser)."""
+    problems = []
+    for key in ("max_target_length", "max_new_tokens", "generate_rows"):
+        value = options.get(key, OPTIONS[key])
+        if isinstance(value, int) and not isinstance(value, bool) and value < 1:
+            problems.append(f"task.{key}: must be >= 1, got {value}")
+    return problems
+
+
+def encode_split(
+    frame: pd.DataFrame,
+    tokenizer: Any,
+    max_length: int,
+    label_names: list[str],
+    options: dict[str, Any],
+    split: str,
+) -> dict[str, list[Any]]:
+    """Inputs cut at ``max_length`` tokens, targets at ``max_target_length``, as :func:`encode`."""
+    opts = {**OPTIONS, **options}
+    return encode(
+        frame["text"].tolist(),
+        frame["target"].tolist(),
+        tokenizer,
+        max_length,
+        int(opts["max_target_length"]),
+        str(opts["source_prefix"]),
+    )
+
+
+def load_model(path: str, label_names: list[str]) -> Any:
+    """The pretrained encoder-decoder with its LM head (nothing is new)."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    return AutoModelForSeq2SeqLM.from_pretrained(path)
+
+
+def collator(tokenizer: Any, model: Any = None) -> Any:
+    """Pad inputs with the pad token and labels with -100; ``decoder_input_ids`` from the labels."""
+    from transformers import DataCollatorForSeq2Seq
+
+    return DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)
+
+
+def evaluator(ctx: Any, split: str) -> Evaluator:
+    """Token-weighted loss over the whole split; ROUGE of greedy outputs on its first
+    ``generate_rows`` rows (the model being trained is set on the evaluator before each
+    evaluation)."""
+    opts = {**OPTIONS, **ctx.spec.task_options}
+    rows = getattr(ctx.data, split).head(int(opts["generate_rows"]))
+    batch = int(ctx.spec.training.get("eval_batch_size") or 64)
+    evaluation = Evaluator(compute_metrics=lambda p: {}, preprocess_logits=preprocess_logits)
+
+    def compute(p: Any) -> dict[str, float]:
+        metrics = loss_metrics(p.predictions, p.label_ids)
+        outputs = generate(
+            evaluation.model,
+            ctx.tokenizer,
+            rows["text"].tolist(),
+            int(opts["max_new_tokens"]),
+            int(ctx.spec.data.max_length),
+            str(opts["source_prefix"]),
+            batch_size=batch,
+        )
+        metrics.update(rouge(outputs, rows["target"].tolist()))
+        return metrics
+
+    evaluation.compute_metrics = compute
+    return evaluation
+
+
+TASK = Task(
+    name="seq2seq",
+    description="text in, text out with an encoder-decoder (T5): summaries, headlines; scored by ROUGE",
+    metrics=METRICS,
+    default_metric="rougeL",
+    roles=ROLES,
+    normalize=normalize,
+    vocabulary=no_vocabulary,
+    apply_vocabulary=keep_labels,
+    stratify=no_key,
+    group=group,
+    check_train=any_train,
+    encode=encode_split,
+    auto_class="AutoModelForSeq2SeqLM",
+    load_model=load_model,
+    init_head=keep_pretrained_head,
+    collator=collator,
+    evaluator=evaluator,
+    options=OPTIONS,
+)

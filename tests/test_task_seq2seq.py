@@ -71,7 +71,8 @@ def write_s2s_study(root: Path, model_dir: Path, data_dir: Path, **over: Any) ->
             "source_prefix": "summarize: ",
             "max_target_length": 12,
             "max_new_tokens": 6,
-            "generate_rows": 4,
+            "generation_rows": 4,
+            "sample_rows": 3,
         },
         "model": str(model_dir),
         "data": {
@@ -174,6 +175,12 @@ def test_export_retrain_reproduces_and_reloads(db: tuple[str, Path], tmp_path: P
         assert 0.0 <= result.test[key] <= 1.0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["difference_from_trial"] == 0 and set(metrics["test"]) >= {"loss", "rougeL"}
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    docs = dict(PAIRS)
+    assert len(samples) == 3  # task.sample_rows test rows
+    for row in samples:
+        assert set(row) == {"input", "reference", "generated"} and isinstance(row["generated"], str)
+        assert docs[row["input"]] == row["reference"]
 
     model, tok = load_trained(out / "model")
     inner = model.get_base_model() if isinstance(model, PeftModel) else model
@@ -188,7 +195,9 @@ def test_export_retrain_reproduces_and_reloads(db: tuple[str, Path], tmp_path: P
     assert again.item() == pytest.approx(trained.item(), rel=1e-6)
 
 
-def test_study_defaults_and_task_checks(tmp_path: Path, tiny_t5_dir: Path, data_dir: Path) -> None:
+def test_study_defaults_and_task_checks(
+    tmp_path: Path, tiny_t5_dir: Path, tiny_model_dir: Path, data_dir: Path
+) -> None:
     # No objective: the task's default, ROUGE-L, maximized.
     spec = load_study(write_s2s_study(tmp_path, tiny_t5_dir, data_dir, objective=None), read_data=True)
     assert (spec.task, spec.objective.metric, spec.direction) == ("seq2seq", "rougeL", "maximize")
@@ -205,6 +214,7 @@ def test_study_defaults_and_task_checks(tmp_path: Path, tiny_t5_dir: Path, data_
     with pytest.raises(ConfigError) as e:
         load_study(bad, read_data=True)
     text = str(e.value)
+    assert len(text.splitlines()) == 4, text
     assert "task.beam_size: unknown option for task seq2seq" in text
     assert "task.max_new_tokens: expected an integer, got 'many'" in text
     assert (
@@ -212,6 +222,21 @@ def test_study_defaults_and_task_checks(tmp_path: Path, tiny_t5_dir: Path, data_
         in text
     )
     assert "column 'summary' not found (columns: document, headline)" in text
+    # Values out of range; a ROUGE objective with no generated rows; a model that is no encoder-decoder.
+    bad = write_s2s_study(
+        tmp_path,
+        tiny_model_dir,
+        data_dir,
+        task={"name": "seq2seq", "max_new_tokens": 0, "generation_rows": 0},
+        objective={"metric": "rougeL"},
+        space={"strategy": ["lora"]},
+    )
+    with pytest.raises(ConfigError) as e:
+        load_study(bad)
+    text = str(e.value)
+    assert "task.max_new_tokens: must be >= 1, got 0" in text
+    assert "task.generation_rows: objective.metric 'rougeL' scores generated text" in text
+    assert "model: task seq2seq needs an encoder-decoder" in text and "model type 'bert' is not one" in text
 
 
 def test_validate_refuses_prefix_tuning_naming_task_strategy_and_model(
@@ -222,7 +247,8 @@ def test_validate_refuses_prefix_tuning_naming_task_strategy_and_model(
     assert main(["validate", str(path)]) == 1
     err = capsys.readouterr().err
     line = next(x for x in err.splitlines() if "prefix" in x)
-    assert "strategies.prompt: strategy 'prompt'" in line and "'seq2seq'" in line
+    assert "strategies.prompt: strategy 'prompt'" in line and "'seq2seq'" in line and "'t5'" in line
+    assert "generate() drops the prefix" in line
     assert main(["validate", str(write_s2s_study(tmp_path, tiny_t5_dir, data_dir))]) == 0
 
 
@@ -265,3 +291,15 @@ def test_partial_and_adapter_on_t5_cover_encoder_and_decoder(tiny_t5_dir: Path) 
         )
     added = 8 * (2 * 32 * 8 + 32 + 8)  # 8 adapters of 32 -> 8 -> 32, with biases
     assert count_parameters(adapted)[1] == count_parameters(fresh)[1] + added
+
+
+def test_shipped_headlines_t5_study_validates_offline(capsys: pytest.CaptureFixture[str]) -> None:
+    root = Path(__file__).resolve().parents[1]
+    if not (root.parent / "shared" / "data" / "headlines" / "train.jsonl").is_file():
+        pytest.skip("../shared/data/headlines not present")
+    # HF_HUB_OFFLINE is set for the test run: the hub model is not fetched, the data is read.
+    assert main(["validate", str(root / "studies" / "headlines-t5.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "seq2seq: google/flan-t5-small on headlines" in out and "maximize rougeL" in out
+    spec = load_study(root / "studies" / "headlines-t5.yaml", read_data=True)
+    assert spec.space.strategies == STRATEGIES and spec.task_options["source_prefix"] == "summarize: "

@@ -17,7 +17,10 @@ applies, from the base model's config.json:
   which transformers 5 renamed ``cache``, and fails in the first forward pass. So when the
   caller passes ``task``, prefix tuning for a task whose record does not say
   ``prefix_tuning=True`` (:func:`prefix_tasks`: ``causal-lm``) is rejected; ``apply``
-  applies PEFT's own test to the loaded model and raises before training starts.
+  applies PEFT's own test to the loaded model and raises before training starts. An
+  encoder-decoder (T5, task ``seq2seq``) trains with a prefix, but transformers 5's
+  ``generate()`` gets both PEFT's ``past_key_values`` and its own ``cache`` and ignores the
+  first, so greedy outputs (and ROUGE) ignore the prefix: refused too.
 
 Trainable: the prompt (or prefix) embeddings and, except for causal LM, the task head.
 """
@@ -117,7 +120,8 @@ def check(
         on_model = f" on model type {model_type!r}" if model_type else ""
         problems.append(
             f"strategy '{NAME}': prompt_type 'prefix' runs only for task {', '.join(prefix_tasks())} with the "
-            f"installed peft (task {task!r}{on_model} fails in the first forward pass) — use prompt_type: prompt"
+            f"installed peft and transformers (task {task!r}{on_model}: a classifier fails in the first forward "
+            "pass, an encoder-decoder's generate() drops the prefix) — use prompt_type: prompt"
         )
     return problems
 

@@ -19,7 +19,7 @@ import pandas as pd
 from hpo.errors import DataError
 from hpo.tasks.base import Evaluator, Metric, Role, Task, any_train, keep_labels, no_key, no_vocabulary
 from hpo.tasks.columns import check_text, select_columns
-from hpo.tasks.generation_metrics import loss_metrics, rouge, token_nll
+from hpo.tasks.generation_metrics import ROUGE_KEYS, loss_metrics, rouge, token_nll
 from hpo.tasks.heads import keep_pretrained_head
 
 __all__ = ["TASK", "encode", "generate", "loss_metrics", "preprocess_logits"]
@@ -160,14 +160,15 @@ def generate(
 
 # --------------------------------------------------------------------------- the task record
 
+TASK_NAME = "seq2seq"
 METRICS = (
     Metric(
         "loss", "minimize", fraction=False, description="token-weighted cross-entropy of the targets (nats)"
     ),
     Metric("perplexity", "minimize", fraction=False, description="exp(loss)"),
-    Metric("rouge1", "maximize", description="ROUGE-1 F of greedy outputs on generate_rows rows"),
-    Metric("rouge2", "maximize", description="ROUGE-2 F of greedy outputs on generate_rows rows"),
-    Metric("rougeL", "maximize", description="ROUGE-L (LCS) F of greedy outputs on generate_rows rows"),
+    Metric("rouge1", "maximize", description="ROUGE-1 F of greedy outputs on generation_rows rows"),
+    Metric("rouge2", "maximize", description="ROUGE-2 F of greedy outputs on generation_rows rows"),
+    Metric("rougeL", "maximize", description="ROUGE-L (LCS) F of greedy outputs on generation_rows rows"),
 )
 ROLES = (
     Role("text", "text", description="the input text (document, question, sentence to translate)"),
@@ -177,16 +178,14 @@ OPTIONS: dict[str, Any] = {
     "source_prefix": "",
     "max_target_length": 64,
     "max_new_tokens": 64,
-    "generate_rows": 64,
+    "generation_rows": 64,
+    "sample_rows": 32,
 }
 """Task options (``task: {name: seq2seq, ...}``): the text put before every input (T5's
-``"summarize: "``), target tokens kept for training and the loss, most tokens generated per
-row, and validation rows generated for ROUGE at each evaluation (the first ones in file order).
-The input is cut at ``data.max_length`` tokens."""
-STRATEGY_LIMITS = {
-    "prefix": "prompt_type 'prefix' trains, but the installed transformers drops the prefix cache "
-    "in generate(), so the outputs ROUGE scores ignore it (use prompt_type: prompt)",
-}
+``"summarize: "``); target tokens kept for training and the loss; most tokens generated per
+row; validation rows generated for ROUGE at each evaluation (the first ones of the split, the
+same in every trial; 0: no ROUGE); test rows whose outputs ``hpo retrain`` writes to
+``samples.jsonl``. The input is cut at ``data.max_length`` tokens."""
 
 
 def normalize(df: pd.DataFrame, columns: dict[str, str], shown: str) -> pd.DataFrame:
@@ -200,16 +199,6 @@ def normalize(df: pd.DataFrame, columns: dict[str, str], shown: str) -> pd.DataF
 def group(frame: pd.DataFrame) -> pd.Series:
     """Copies of one input stay on one side of a carve (a test input seen in training is no test)."""
     return frame["text"]
-
-
-def check_options(options: dict[str, Any]) -> list[str]:
-    """Problems with the option values (their types are checked by the study file's parser)."""
-    problems = []
-    for key in ("max_target_length", "max_new_tokens", "generate_rows"):
-        value = options.get(key, OPTIONS[key])
-        if isinstance(value, int) and not isinstance(value, bool) and value < 1:
-            problems.append(f"task.{key}: must be >= 1, got {value}")
-    return problems
 
 
 def encode_split(
@@ -246,35 +235,86 @@ def collator(tokenizer: Any, model: Any = None) -> Any:
     return DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=-100)
 
 
+def options_of(ctx: Any) -> dict[str, Any]:
+    """The task options of a worker's study, defaults filled in."""
+    return {**OPTIONS, **ctx.spec.task_options}
+
+
+def generate_rows(ctx: Any, model: Any, rows: pd.DataFrame) -> list[str]:
+    """Greedy outputs for the rows' inputs, encoded as training encoded them."""
+    opts = options_of(ctx)
+    return generate(
+        model,
+        ctx.tokenizer,
+        rows["text"].tolist(),
+        int(opts["max_new_tokens"]),
+        int(ctx.spec.data.max_length),
+        str(opts["source_prefix"]),
+        batch_size=int(ctx.spec.training.get("eval_batch_size") or 64),
+    )
+
+
 def evaluator(ctx: Any, split: str) -> Evaluator:
     """Token-weighted loss over the whole split; ROUGE of greedy outputs on its first
-    ``generate_rows`` rows (the model being trained is set on the evaluator before each
+    ``generation_rows`` rows (the model being trained is set on the evaluator before each
     evaluation)."""
-    opts = {**OPTIONS, **ctx.spec.task_options}
-    rows = getattr(ctx.data, split).head(int(opts["generate_rows"]))
-    batch = int(ctx.spec.training.get("eval_batch_size") or 64)
+    rows = getattr(ctx.data, split).iloc[: max(0, int(options_of(ctx)["generation_rows"]))]
     evaluation = Evaluator(compute_metrics=lambda p: {}, preprocess_logits=preprocess_logits)
 
     def compute(p: Any) -> dict[str, float]:
         metrics = loss_metrics(p.predictions, p.label_ids)
-        outputs = generate(
-            evaluation.model,
-            ctx.tokenizer,
-            rows["text"].tolist(),
-            int(opts["max_new_tokens"]),
-            int(ctx.spec.data.max_length),
-            str(opts["source_prefix"]),
-            batch_size=batch,
-        )
-        metrics.update(rouge(outputs, rows["target"].tolist()))
+        if len(rows):
+            metrics.update(rouge(generate_rows(ctx, evaluation.model, rows), rows["target"].tolist()))
         return metrics
 
     evaluation.compute_metrics = compute
     return evaluation
 
 
+def samples(ctx: Any, model: Any, split: str) -> list[dict[str, Any]]:
+    """Input, reference and greedy output of the split's first ``sample_rows`` rows."""
+    rows = getattr(ctx.data, split).iloc[: max(0, int(options_of(ctx)["sample_rows"]))]
+    if not len(rows):
+        return []
+    outputs = generate_rows(ctx, model, rows)
+    return [
+        {"input": s, "reference": r, "generated": g}
+        for s, r, g in zip(rows["text"], rows["target"], outputs, strict=True)
+    ]
+
+
+def check_options(options: dict[str, Any], metric: str) -> list[str]:
+    """Option values in range; a ROUGE objective needs generated rows."""
+    problems = []
+    for key, low in (
+        ("max_target_length", 1),
+        ("max_new_tokens", 1),
+        ("generation_rows", 0),
+        ("sample_rows", 0),
+    ):
+        value = options[key]
+        if isinstance(value, int) and not isinstance(value, bool) and value < low:
+            problems.append(f"task.{key}: must be >= {low}, got {value}")
+    if metric in ROUGE_KEYS and options["generation_rows"] == 0:
+        problems.append(
+            f"task.generation_rows: objective.metric {metric!r} scores generated text; set "
+            "task.generation_rows to the validation rows to generate (e.g. 32)"
+        )
+    return problems
+
+
+def check_model(model_config: dict[str, Any] | None) -> list[str]:
+    """An encoder-decoder (T5, BART): what ``AutoModelForSeq2SeqLM`` loads."""
+    if not model_config or model_config.get("is_encoder_decoder"):
+        return []
+    return [
+        f"task {TASK_NAME} needs an encoder-decoder (a model AutoModelForSeq2SeqLM loads, such as T5); "
+        f"model type {model_config.get('model_type')!r} is not one"
+    ]
+
+
 TASK = Task(
-    name="seq2seq",
+    name=TASK_NAME,
     description="text in, text out with an encoder-decoder (T5): summaries, headlines; scored by ROUGE",
     metrics=METRICS,
     default_metric="rougeL",
@@ -292,4 +332,8 @@ TASK = Task(
     collator=collator,
     evaluator=evaluator,
     options=OPTIONS,
+    check_options=check_options,
+    check_model=check_model,
+    trainer=("Seq2SeqTrainer", "Seq2SeqTrainingArguments"),
+    samples=samples,
 )

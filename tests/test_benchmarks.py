@@ -151,3 +151,22 @@ def test_vs_trainer_search_ablation_reuses_the_peer(tiny_model_dir: Path, tmp_pa
     # A result file from another configuration is refused.
     with pytest.raises(SystemExit, match="--peer-from"):
         vs_trainer_search.main(_tiny_args(tiny_model_dir, out, 2) + ["--peer-from", str(first)])
+
+
+def test_cv_vs_holdout_quick(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from benchmarks import cv_vs_holdout
+
+    out = tmp_path / "cv.json"
+    argv = ["--quick", "--model", str(tiny_model_dir), "--data", str(SST2), "--out", str(out)]
+    assert cv_vs_holdout.main(argv) == 0
+    doc = json.loads(out.read_text())
+    assert doc["benchmark"] == "cv_vs_holdout" and doc["mode"] == "quick"
+    (seed,) = doc["seeds"]
+    for name in ("holdout", "cv"):
+        m = seed[name]
+        assert 0.0 <= m["test_accuracy"] <= 1.0 and m["test_rows"] == 32
+        assert m["retrain_train_rows"] == 48  # both choices retrained on every pooled row
+        assert len(m["trial_scores"]) == 2 and m["search_trial_seconds"] > 0
+    assert len(seed["cv"]["chosen_params"]) and seed["cv"]["chosen_fold_std"] is not None
+    # the same sampler and seed: both studies tried the same configurations
+    assert "| mean |" in cv_vs_holdout.markdown(doc)

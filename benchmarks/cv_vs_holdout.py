@@ -50,9 +50,8 @@ from _common import (  # noqa: E402
 
 SPACE = {
     "strategy": ["full"],
-    "learning_rate": {"low": 5.0e-6, "high": 5.0e-4, "log": True},
-    "per_device_train_batch_size": [8, 16],
-    "warmup_ratio": {"low": 0.0, "high": 0.2},
+    "learning_rate": {"low": 1.0e-5, "high": 5.0e-4, "log": True},
+    "per_device_train_batch_size": [16],
 }
 
 

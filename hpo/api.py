@@ -76,6 +76,8 @@ def run(
     gpus: list[int] | None = None,
     trials_per_gpu: int | None = None,
     address: str | None = None,
+    warm_start: str | None = None,
+    top: int | None = None,
 ) -> Any:
     """Create or resume the study and optimize: what ``hpo run`` does.
 
@@ -93,6 +95,9 @@ def run(
         gpus: GPU indices to use.
         trials_per_gpu: Trials packed on one GPU.
         address: Ray cluster address (``backend="ray"``).
+        warm_start: ``NAME[@STORAGE]`` of an earlier study whose best trials run first
+            (:mod:`hpo.warmstart`; once per study).
+        top: How many of its best trials (default 3).
 
     Returns:
         The Optuna study.
@@ -136,8 +141,19 @@ def run(
         "gpus": gpus,
         "trials_per_gpu": trials_per_gpu,
     }
+    _positive("top", top)
+    if warm_start:
+        from hpo.warmstart import parse_warm_start
+
+        spec = dataclasses.replace(spec, warm_start=parse_warm_start(warm_start, top or 3))
+    elif top is not None:
+        raise UserError("--top: only with --warm-start")
     opts = resolve_options(flags, spec)  # argument > env > study file > default, every option
     url = opts.storage
+    if spec.warm_start is not None:  # a bad source is refused before anything is created
+        from hpo.warmstart import source_trials
+
+        source_trials(spec.warm_start, url, spec.name)
     print(
         f"study {spec.name!r} in {redact(url)}: {opts.n_trials} trials, space {spec.space_ref} "
         f"({', '.join(spec.space.strategies)}), {spec.objective.metric} ({spec.direction})",

@@ -110,6 +110,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         gpus=args.gpus,
         trials_per_gpu=args.trials_per_gpu,
         address=args.address,
+        warm_start=args.warm_start,
+        top=args.top,
     )
     return 0
 
@@ -290,6 +292,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="override a study key, e.g. budget.n_trials=5"
     )
+    r.add_argument(
+        "--warm-start",
+        metavar="NAME[@STORAGE]",
+        help="first train the best trials of an earlier study (default storage: this run's)",
+    )
+    r.add_argument("--top", type=_positive, help="how many of its best trials (default 3)")
     r.set_defaults(func=cmd_run)
 
     w = sub.add_parser("worker", help="join an existing study as one more worker")

@@ -221,7 +221,9 @@ class Monitor:
     def baseline(self) -> None:
         trials = self._snapshot()
         self.seen_finished = {t.number for t in trials if t.state.is_finished()}
-        self.first_number = len(trials)
+        # WAITING trials (warm starts, queued retries) are this run's to run
+        waiting = [t.number for t in trials if t.state.name == "WAITING"]
+        self.first_number = min(waiting, default=len(trials))
 
     def poll(self, workers: list[WorkerView], force_status: bool = False) -> None:
         """Read the study once; print newly finished trials and (re)draw the worker rows."""

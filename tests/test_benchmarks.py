@@ -170,3 +170,23 @@ def test_cv_vs_holdout_quick(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert len(seed["cv"]["chosen_params"]) and seed["cv"]["chosen_fold_std"] is not None
     # the same sampler and seed: both studies tried the same configurations
     assert "| mean |" in cv_vs_holdout.markdown(doc)
+
+
+def test_warm_start_quick(tiny_model_dir: Path, tmp_path: Path) -> None:
+    from benchmarks import warm_start
+
+    out = tmp_path / "warm.json"
+    argv = ["--quick", "--model", str(tiny_model_dir), "--data", str(SST2), "--out", str(out)]
+    assert warm_start.main(argv) == 0
+    doc = json.loads(out.read_text())
+    assert doc["benchmark"] == "warm_start" and doc["mode"] == "quick"
+    assert len(doc["subset"]["trials"]) == 2
+    warm, cold = doc["warm"]["trials"], doc["cold"]["trials"]
+    assert len(warm) == len(cold) == 2
+    # the warm study's first trial is the subset's best, the cold study's is sampled
+    best_subset = max(
+        (t for t in doc["subset"]["trials"] if t["value"] is not None), key=lambda t: t["value"]
+    )
+    assert warm[0]["warm_start_of"] == best_subset["number"] and "warm_start_of" not in cold[0]
+    assert warm[0]["params"]["learning_rate"] == best_subset["params"]["learning_rate"]
+    assert "| warm (top 1 of subset first) |" in warm_start.markdown(doc)

@@ -151,6 +151,9 @@ class StudySpec:
     """The study file."""
     model_path: str = ""
     """The resolved model reference (a folder for aliases and local paths)."""
+    warm_start: Any = None
+    """``hpo run --warm-start``: a ``hpo.warmstart.WarmStart`` (not a file key); the run that
+    creates or resumes the study enqueues it once."""
 
     @property
     def direction(self) -> str:
@@ -169,7 +172,7 @@ class StudySpec:
         )
 
 
-TOP_KEYS = {f.name for f in dataclasses.fields(StudySpec)} - {"space_ref", "path", "model_path"}
+TOP_KEYS = {f.name for f in dataclasses.fields(StudySpec)} - {"space_ref", "path", "model_path", "warm_start"}
 
 
 def space_extra_positions(space: SearchSpace) -> dict[str, int]:

@@ -80,6 +80,10 @@ def open_run(
         salt=salt,
     )
     first_number = storage.get_n_trials(study._study_id) if n_before is None else n_before
+    if create and spec.warm_start is not None:  # once, by the run that creates or resumes it
+        from hpo.warmstart import enqueue_warm_start
+
+        enqueue_warm_start(study, spec.space, spec.warm_start, url, say)
     # Trials an earlier run left RUNNING: failed now if their worker stopped (stale heartbeat,
     # or a process on this host that is gone), else said, with when they will be failed.
     lines = failed_trial_lines(study, sweep_stale_trials(study)) + running_trial_lines(study)

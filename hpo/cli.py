@@ -127,7 +127,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         opts.storage,
         n_trials=opts.n_trials,
         timeout=opts.timeout,
-        create=False,
+        create=True,  # every node of an array job runs the same command; the first creates the study
         worker_index=1,
         sampler_salt=f"{socket.gethostname()}:{os.getpid()}",  # no two joining workers sample alike
         threads=args.threads or "auto",
@@ -300,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--top", type=_positive, help="how many of its best trials (default 3)")
     r.set_defaults(func=cmd_run)
 
-    w = sub.add_parser("worker", help="join an existing study as one more worker")
+    w = sub.add_parser("worker", help="join the study as one more worker (creating it if it does not exist)")
     w.add_argument("study")
     w.add_argument("--storage", required=True, help="the shared storage URL")
     w.add_argument("--study-name", help="override the study's name")

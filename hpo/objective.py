@@ -89,12 +89,14 @@ def run_trial(
         },
         {HOST_ID_ATTR: local_host_id()},
     )
-    repeat = find_repeat(recorder.frozen(), recorder.complete_trials(), spec.sampler.skip_repeats)
+    frozen = recorder.frozen()
+    repeat = find_repeat(frozen, recorder.complete_trials(), spec.sampler.skip_repeats)
     if repeat is not None:
         # Within sampler.skip_repeats of a trained trial, same seed: training it again would
         # measure noise, not the configuration.
         recorder.record({"repeat_of": repeat.number})
         return TrialResult(float(repeat.value), repeat_of=repeat.number)
+    ckpt = trial_checkpoint(spec, frozen, recorder)
     planned = {"evaluations": 0}
 
     def on_eval(index: int, metrics: dict[str, float]) -> bool:
@@ -108,7 +110,9 @@ def run_trial(
             return train_folds(ctx, c, seed, on_eval)
         # Evaluations of this attempt (a retry at half the micro-batch plans more steps).
         planned["evaluations"] = len(plan_steps(len(ctx.datasets["train"]), c, spec)[1])
-        return train_and_evaluate(ctx, c, seed, on_eval=on_eval, select=spec.objective.select)
+        return train_and_evaluate(
+            ctx, c, seed, on_eval=on_eval, select=spec.objective.select, checkpoint=ckpt
+        )
 
     try:
         # Out of accelerator memory: the same config again at half the micro-batch (hpo.oom).
@@ -121,11 +125,34 @@ def run_trial(
             baseline_bytes=memory_baseline(ctx.device),
         )
     except Exception as e:
+        # A failed trial is not retried: its checkpoint is of no use. (An interrupted one,
+        # KeyboardInterrupt, keeps it: it is queued again when the study is resumed.)
+        if ckpt is not None:
+            ckpt.discard()
         recorder.record({"fail_reason": f"{type(e).__name__}: {e}"[:1000]})
         raise
+    if ckpt is not None:
+        ckpt.discard()
     recorder.record(outcome_attrs(out))
     value = None if out.pruned else out.metrics[spec.objective.metric]
     return TrialResult(value, outcome=out, pruned=out.pruned)
+
+
+def trial_checkpoint(spec: Any, frozen: Any, recorder: TrialRecorder) -> Any:
+    """The trial's checkpoint (``hpo.checkpoints``), or None when ``execution.checkpoints`` is off.
+
+    A retry inherits its first trial's key (a system attribute), so it finds that trial's
+    checkpoint; a new trial gets a new key, recorded before it trains.
+    """
+    from hpo.checkpoints import CHECKPOINT_ATTR, for_trial, new_key
+
+    if not spec.execution.checkpoints:
+        return None
+    key = frozen.system_attrs.get(CHECKPOINT_ATTR)
+    if not key:
+        key = new_key(frozen.number)
+        recorder.record({}, {CHECKPOINT_ATTR: key})
+    return for_trial(spec, str(key), frozen.number)
 
 
 def outcome_attrs(out: Outcome) -> dict[str, Any]:
@@ -142,6 +169,8 @@ def outcome_attrs(out: Outcome) -> dict[str, Any]:
             "samples_per_second": round(out.samples_per_second, 2),
             "peak_memory_mb": round(out.peak_memory_mb, 1),
             "steps": out.steps,
+            "steps_trained": out.steps_trained,
+            "resumed_from_step": out.resumed_from_step,
             "evaluations": len(out.history),
             "selected_evaluation": out.selected,
             "selected_step": out.selected_step,

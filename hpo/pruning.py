@@ -83,3 +83,30 @@ class ReportEvaluations(TrainerCallback):  # type: ignore[misc]
             self.pruned = True
             control.should_training_stop = True
         return control
+
+
+class SaveCheckpoints(TrainerCallback):  # type: ignore[misc]
+    """Count the optimizer steps this run trains; after each evaluation that training goes on
+    from (not the last, not one that stops it), call ``save(trainer)`` (``hpo.checkpoints``).
+
+    Registered after :class:`ReportEvaluations`, so a pruned evaluation is never saved.
+    ``trainer`` is set once the Trainer exists (the callback's own ``optimizer`` argument is not
+    the Trainer's optimizer).
+    """
+
+    def __init__(self, save: Callable[[Any], None] | None):
+        self.save = save
+        self.trainer: Any = None
+        self.steps_trained = 0
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        self.steps_trained += 1
+        return control
+
+    def on_evaluate(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        if self.save is None or self.trainer is None:
+            return control
+        if control.should_training_stop or state.global_step >= state.max_steps:
+            return control
+        self.save(self.trainer)
+        return control

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import re
 import shutil
 import sys
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from hpo.config import RetrainSpec, load_retrain_spec
-from hpo.errors import UserError
+from hpo.errors import UserError, disk_full
 from hpo.tasks import get_task
 
 MODEL_INFO = "hpo_model.json"
@@ -358,7 +359,6 @@ def retrain(
             model problems.
     """
     from hpo.context import prepare
-    from hpo.study import package_versions
     from hpo.training import train_and_evaluate
 
     def say(text: str) -> None:
@@ -411,13 +411,70 @@ def retrain(
 
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        if overwrite:
-            _clear_written(out_dir)
     except OSError as e:
-        raise UserError(f"{shown}: cannot create the folder ({e.strerror})") from None
-    model_dir = out_dir / "model"
-    save_trained(out.model, ctx.tokenizer, rspec, ctx.data.label_names, model_dir)
+        raise disk_full(e, "the output folder", out_dir) or UserError(
+            f"{shown}: cannot create the folder ({e.strerror})"
+        ) from None
+    # Everything is written into a folder beside what an earlier retrain left and moved into
+    # place once complete: a full disk fails this retrain with one line, earlier files intact.
+    stage = out_dir / f".retrain-partial-{os.getpid()}"
+    try:
+        shutil.rmtree(stage, ignore_errors=True)
+        stage.mkdir()
+        _write_results(out, test, ctx, rspec, overrides, same_data, pooled, stage)
+    except Exception as e:
+        full = disk_full(e, "the retrained model and metrics", out_dir)  # before freeing the space
+        shutil.rmtree(stage, ignore_errors=True)
+        if full is None:
+            raise
+        raise full from None
+    if overwrite:
+        _clear_written(out_dir)
+    paths = []
+    for name in WRITTEN:
+        if (stage / name).exists():
+            os.replace(stage / name, out_dir / name)
+            paths.append(out_dir / name)
+    stage.rmdir()
+    trial_value = rspec.provenance.get("value")
+    trial_value = float(trial_value) if isinstance(trial_value, (int, float)) else None
+    value = out.metrics.get(rspec.metric)
+    if value is not None:
+        line = f"validation {rspec.metric} {value:.4f}"
+        if pooled:
+            line += f" (rows trained on; the trial's {len(ctx.folds or [])}-fold mean was {trial_value})"
+        elif trial_value is not None:
+            verdict = reproduction_verdict(value - trial_value, same_data, bool(overrides))
+            line += f" (trial recorded {trial_value:.4f}: {verdict})"
+        say(line)
+    order = get_task(rspec.task).metric_names
+    say("test " + ", ".join(f"{k} {test[k]:.4f}" for k in order if k in test))
+    say("wrote " + ", ".join(str(p) for p in paths))
+    return RetrainResult(
+        out_dir=out_dir,
+        validation=out.metrics,
+        test=test,
+        trial_value=trial_value,
+        metric=rspec.metric,
+        paths=paths,
+        model=out.model,
+    )
 
+
+def _write_results(
+    out: Any,
+    test: dict[str, float],
+    ctx: Any,
+    rspec: RetrainSpec,
+    overrides: dict[str, Any],
+    same_data: bool,
+    pooled: bool,
+    folder: Path,
+) -> None:
+    """Write what a retrain leaves (:data:`WRITTEN`) in ``folder``."""
+    from hpo.study import package_versions
+
+    save_trained(out.model, ctx.tokenizer, rspec, ctx.data.label_names, folder / "model")
     trial_value = rspec.provenance.get("value")
     trial_value = float(trial_value) if isinstance(trial_value, (int, float)) else None
     value = out.metrics.get(rspec.metric)
@@ -459,14 +516,12 @@ def retrain(
         "versions": package_versions(),
         "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    metrics_path = out_dir / "metrics.json"
+    metrics_path = folder / "metrics.json"
     metrics_path.write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    paths = [model_dir, metrics_path]
     sampler = get_task(rspec.task).samples
     if sampler is not None:  # a generative task: what the model writes for test inputs
         samples = sampler(ctx, out.model, "test")
-        paths.append(out_dir / "samples.jsonl")
-        paths[-1].write_text(
+        (folder / "samples.jsonl").write_text(
             "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in samples), encoding="utf-8"
         )
 
@@ -474,13 +529,13 @@ def retrain(
 
     provenance = dict(rspec.provenance)
     provenance["retrained_from"] = {"file": str(Path(rspec.path).resolve()), "overrides": overrides}
-    config_path = out_dir / "config.yaml"
+    config_path = folder / "config.yaml"
     config_path.write_text(
         "# Resolved retraining spec of this run; `hpo retrain` takes it as it is.\n"
         + dump_yaml(rspec.to_dict(fingerprint=ctx.data.fingerprint, provenance=provenance)),
         encoding="utf-8",
     )
-    chart = out_dir / "metrics.png"
+    chart = folder / "metrics.png"
     origin = f"{rspec.study} trial {rspec.trial}" if rspec.trial is not None else rspec.study
     metrics_chart(
         chart,
@@ -491,26 +546,4 @@ def retrain(
         f"{origin}: {rspec.strategy}, {rspec.epochs:g} epoch(s), seed {rspec.seed}",
         trial_value if not overrides else None,
         task=rspec.task,
-    )
-
-    if value is not None:
-        line = f"validation {rspec.metric} {value:.4f}"
-        if pooled:
-            line += f" (rows trained on; the trial's {len(ctx.folds or [])}-fold mean was {trial_value})"
-        elif trial_value is not None:
-            verdict = reproduction_verdict(value - trial_value, same_data, bool(overrides))
-            line += f" (trial recorded {trial_value:.4f}: {verdict})"
-        say(line)
-    order = get_task(rspec.task).metric_names
-    say("test " + ", ".join(f"{k} {test[k]:.4f}" for k in order if k in test))
-    paths += [config_path, chart]
-    say("wrote " + ", ".join(str(p) for p in paths))
-    return RetrainResult(
-        out_dir=out_dir,
-        validation=out.metrics,
-        test=test,
-        trial_value=trial_value,
-        metric=rspec.metric,
-        paths=paths,
-        model=out.model,
     )

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import functools
 import os
+import random
 import re
 import socket
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -163,24 +165,32 @@ class RetryWithLink:
         self.max_retry = max_retry
 
     def __call__(self, study: Any, trial: Any) -> None:
-        import optuna
-
-        history = [*trial.system_attrs.get("retry_history", []), trial.number]
-        if len(history) > self.max_retry:
+        if len(trial.system_attrs.get("retry_history", [])) + 1 > self.max_retry:
             return
-        # Not the dead worker's host: the retry runs wherever a worker takes it.
-        system_attrs = {k: v for k, v in trial.system_attrs.items() if k != HOST_ID_ATTR}
-        system_attrs["retry_history"] = history
-        system_attrs.setdefault("failed_trial", history[0])
-        study.add_trial(
-            optuna.create_trial(
-                state=optuna.trial.TrialState.WAITING,
-                params=trial.params,
-                distributions=trial.distributions,
-                user_attrs={"retry_of": trial.number, "retry_history": history},
-                system_attrs=system_attrs,
-            )
+        enqueue_retry(study, trial)
+
+
+def enqueue_retry(study: Any, trial: Any) -> None:
+    """Queue ``trial`` again (WAITING, same parameters, linked by ``retry_of``/``retry_history``).
+
+    Its system attributes go with it (its checkpoint key among them: ``hpo.checkpoints``), but
+    for the host id: the retry runs wherever a worker takes it.
+    """
+    import optuna
+
+    history = [*trial.system_attrs.get("retry_history", []), trial.number]
+    system_attrs = {k: v for k, v in trial.system_attrs.items() if k != HOST_ID_ATTR}
+    system_attrs["retry_history"] = history
+    system_attrs.setdefault("failed_trial", history[0])
+    study.add_trial(
+        optuna.create_trial(
+            state=optuna.trial.TrialState.WAITING,
+            params=trial.params,
+            distributions=trial.distributions,
+            user_attrs={"retry_of": trial.number, "retry_history": history},
+            system_attrs=system_attrs,
         )
+    )
 
 
 def retry_callback(max_retries: int) -> Any:
@@ -268,21 +278,44 @@ def open_storage(
         grace_period = grace_period or 3 * heartbeat_interval
     else:
         heartbeat_interval = grace_period = None
-    try:
-        with warnings.catch_warnings():
-            # Heartbeats and the retry callback are marked experimental; the warning says nothing
-            # a user can act on.
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return _storage_class()(
-                url,
-                engine_kwargs=engine_kwargs(url),
-                heartbeat_interval=heartbeat_interval,
-                grace_period=grace_period,
-                heartbeat_stale_trial_callback=retry_callback(max_retries) if heartbeat else None,
-            )
-    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise StorageError(f"storage {redact(url)}: cannot open ({redact(first)})") from None
+    for attempt in range(SCHEMA_RACE_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():
+                # Heartbeats and the retry callback are marked experimental; the warning says
+                # nothing a user can act on.
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return _storage_class()(
+                    url,
+                    engine_kwargs=engine_kwargs(url),
+                    heartbeat_interval=heartbeat_interval,
+                    grace_period=grace_period,
+                    heartbeat_stale_trial_callback=retry_callback(max_retries) if heartbeat else None,
+                )
+        except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as e:
+            if attempt + 1 < SCHEMA_RACE_ATTEMPTS and _lost_schema_race(e):
+                # Another worker created the tables (or their types) between our check and our
+                # CREATE: the next attempt finds them.
+                time.sleep(0.1 + random.random() * 0.4)
+                continue
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise StorageError(f"storage {redact(url)}: cannot open ({redact(first)})") from None
+    raise AssertionError("unreachable")
+
+
+# Workers of an array job that start together on an empty database all create Optuna's tables;
+# on PostgreSQL the losers got `duplicate key value violates unique constraint
+# "pg_type_typname_nsp_index"` (8 processes released at once, tests/test_cluster.py).
+SCHEMA_RACE_ATTEMPTS = 5
+
+
+def _lost_schema_race(e: BaseException) -> bool:
+    """A CREATE that failed because another process created the same object first."""
+    import sqlalchemy.exc
+
+    text = str(e).lower()
+    return isinstance(e, sqlalchemy.exc.SQLAlchemyError) and (
+        "already exists" in text or "duplicate key" in text or "duplicate entry" in text
+    )
 
 
 def heartbeat_interval_of(storage: Any) -> int | None:

@@ -156,27 +156,38 @@ def open_study(
     import optuna
 
     current = study_as_dict(spec)
-    names = {s.study_name for s in storage.get_all_studies()}
-    if spec.name not in names and not create:
-        raise UserError(
-            f"study {spec.name!r} not found in the storage (known: {', '.join(sorted(names)) or 'none'})"
+    if not create:
+        names = {s.study_name for s in storage.get_all_studies()}
+        if spec.name not in names:
+            raise UserError(
+                f"study {spec.name!r} not found in the storage (known: {', '.join(sorted(names)) or 'none'})"
+            )
+
+    def make(load_if_exists: bool) -> Any:
+        return optuna.create_study(
+            study_name=spec.name,
+            storage=storage,
+            direction=spec.direction,  # type: ignore[arg-type]
+            sampler=optuna.samplers.RandomSampler(),  # replaced below, once the trials are known
+            pruner=make_pruner(spec),
+            load_if_exists=load_if_exists,
         )
-    study = optuna.create_study(
-        study_name=spec.name,
-        storage=storage,
-        direction=spec.direction,  # type: ignore[arg-type]
-        sampler=optuna.samplers.RandomSampler(),  # replaced below, once the trials are known
-        pruner=make_pruner(spec),
-        load_if_exists=True,
-    )
+
+    # Many workers of an array job start at once on a study that does not exist yet: the
+    # database's unique study name lets exactly one of them create it (the others get
+    # DuplicatedStudyError and load it); only that one writes the study's settings, and the
+    # others wait for them (written_by_creator) before they compare their own.
+    try:
+        study, created = make(load_if_exists=False), True
+    except optuna.exceptions.DuplicatedStudyError:
+        study, created = make(load_if_exists=True), False
     if n_before is None:
         n_before = storage.get_n_trials(study._study_id)
     study.sampler = make_sampler(spec, worker_index, n_before, salt)
-    attrs = study.user_attrs
+    attrs = study.user_attrs if created else written_by_creator(study, n_before)
     stored = attrs.get("hpo_config")
     if stored is None:
         study.set_metric_names([spec.objective.metric])
-        study.set_user_attr("hpo_config", current)
         study.set_user_attr("description", spec.summary())
         study.set_user_attr("metric", spec.objective.metric)
         # absolute: `hpo export` resolves the study's relative data paths against its folder
@@ -185,6 +196,8 @@ def open_study(
         study.set_user_attr("space_text", spec.space.describe())
         if fingerprint:
             study.set_user_attr("data_fingerprint", fingerprint)
+        # Last: a worker that sees hpo_config sees every other setting (written_by_creator).
+        study.set_user_attr("hpo_config", current)
     else:
         # Advice that works for the command: `hpo run` may start a new study under another
         # name; `hpo worker` only joins, so another --study-name just finds no study.
@@ -215,6 +228,28 @@ def open_study(
                 f"now {fingerprint}); {advice}"
             )
     return study
+
+
+# Seconds a worker that did not create the study waits for its creator to write the study's
+# settings (a few milliseconds after creating it); after that it writes them itself.
+CREATOR_WAIT_SECONDS = 15.0
+
+
+def written_by_creator(study: Any, n_trials: int, wait: float | None = None) -> dict[str, Any]:
+    """The study's user attributes once its creator has written ``hpo_config``.
+
+    A study with trials but no ``hpo_config`` was not made by hpo: it is not waited for. Gives
+    up after ``wait`` seconds (default :data:`CREATOR_WAIT_SECONDS`: the creator died between
+    creating the study and writing its settings) and returns what is there.
+    """
+    import time
+
+    attrs: dict[str, Any] = study.user_attrs
+    deadline = time.monotonic() + (CREATOR_WAIT_SECONDS if wait is None else wait)
+    while "hpo_config" not in attrs and n_trials == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        attrs = study._storage.get_study_user_attrs(study._study_id)
+    return attrs
 
 
 def study_names(storage: Any) -> list[str]:

@@ -92,6 +92,10 @@ class Outcome:
     """1-based index into ``history`` of the evaluation ``metrics`` come from (0: no evaluation)."""
     attrs: dict[str, Any] = field(default_factory=dict)
     """More trial user attributes (cross-validation: the value of each fold and their spread)."""
+    resumed_from_step: int = 0
+    """The checkpoint's optimizer step this run resumed from (0: trained from the start)."""
+    steps_trained: int = 0
+    """Optimizer steps this run trained (``steps`` less the resumed ones)."""
 
     def select(self, metric: str, direction: str, rule: str) -> Outcome:
         """Take ``metrics`` from the evaluation the objective's ``select`` rule picks.
@@ -221,6 +225,7 @@ def train_and_evaluate(
     train_split: str = "train",
     stop_after_step: int | None = None,
     select: str = "last",
+    checkpoint: Any = None,
 ) -> Outcome:
     """Train one configuration and evaluate on the validation split on the fixed schedule.
 
@@ -228,11 +233,17 @@ def train_and_evaluate(
     changing the schedule: the learning rate decays as for the full run, so the weights are the
     ones the full run had at that step. ``select`` (``objective.select``) picks the evaluation
     the outcome's metrics come from; a pruned run reports its last one.
+
+    ``checkpoint`` (``hpo.checkpoints.TrialCheckpoint``): save one at each evaluation that
+    training goes on from, and resume from the latest one of the same run (same configuration,
+    seed and plan) when there is one: its evaluations are reported again through ``on_eval``
+    (which may prune the trial there, untrained), then only the remaining steps train.
     """
     import torch
     from transformers import set_seed
 
-    from hpo.pruning import EvalSchedule, ReportEvaluations, StopAfterStep
+    from hpo.checkpoints import run_fingerprint
+    from hpo.pruning import EvalSchedule, ReportEvaluations, SaveCheckpoints, StopAfterStep
 
     set_seed(seed)
     model = build_model(ctx, cfg, seed)
@@ -240,6 +251,22 @@ def train_and_evaluate(
     train_ds = ctx.datasets[train_split]
     max_steps, schedule = plan_steps(len(train_ds), cfg, ctx.spec)
     reporter = ReportEvaluations(on_eval)
+    fingerprint = run_fingerprint(cfg, seed, max_steps, schedule, len(train_ds))
+    resume = checkpoint.latest(fingerprint) if checkpoint is not None else None
+    if resume is not None and not checkpoint.check_weights(resume, model):
+        resume = None  # saved by another version of the strategy: train from the start
+    saver = SaveCheckpoints(
+        None
+        if checkpoint is None
+        else lambda tr: checkpoint.save(
+            model=tr.model,
+            optimizer=tr.optimizer,
+            scheduler=tr.lr_scheduler,
+            state=tr.state,
+            history=reporter.history,
+            fingerprint=fingerprint,
+        )
+    )
     output_dir = tempfile.mkdtemp(prefix="hpo-trial-")
     trainer = None
     try:
@@ -251,13 +278,24 @@ def train_and_evaluate(
             output_dir,
             max_steps,
             train_dataset=train_ds,
-            callbacks=[EvalSchedule(schedule), reporter, StopAfterStep(stop_after_step)],
+            callbacks=[EvalSchedule(schedule), reporter, saver, StopAfterStep(stop_after_step)],
         )
+        saver.trainer = trainer
+        if resume is not None:
+            # The evaluations the checkpoint had reached, reported again for this trial.
+            for m in resume.history:
+                reporter.history.append(m)
+                if on_eval is not None and on_eval(len(reporter.history), m):
+                    reporter.pruned = True
+                    break
         with PeakMemory(ctx.device) as mem:
             t0 = time.perf_counter()
-            result = trainer.train()
+            if reporter.pruned:
+                steps = resume.step if resume is not None else 0
+            else:
+                result = trainer.train(resume_from_checkpoint=str(resume.path) if resume else None)
+                steps = int(result.global_step)
             seconds = time.perf_counter() - t0
-        steps = int(result.global_step)
         last_step = int(reporter.history[-1]["step"]) if reporter.history else -1
         if last_step != steps and not reporter.pruned:  # stopped off the evaluation schedule
             reporter.on_evaluate(trainer.args, trainer.state, trainer.control, trainer.evaluate())
@@ -269,12 +307,14 @@ def train_and_evaluate(
             history=reporter.history,
             pruned=reporter.pruned,
             train_seconds=seconds,
-            samples_per_second=steps * per_step / seconds if seconds > 0 else 0.0,
+            samples_per_second=saver.steps_trained * per_step / seconds if seconds > 0 else 0.0,
             peak_memory_mb=mem.peak_bytes / 2**20,
             trainable_params=trainable,
             total_params=total,
             steps=steps,
             model=model if keep_model else None,
+            resumed_from_step=resume.step if resume is not None else 0,
+            steps_trained=saver.steps_trained,
         ).select(ctx.spec.objective.metric, ctx.spec.direction, "last" if reporter.pruned else select)
     finally:
         del trainer

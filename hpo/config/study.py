@@ -113,6 +113,11 @@ class ExecutionSpec:
     """auto (CUDA when visible, else CPU), cpu or cuda."""
     min_micro_batch: int = 1
     """Out of memory: the micro-batch is halved (accumulation doubled) down to this floor."""
+    checkpoints: bool = True
+    """Checkpoint each trial at its scheduled evaluations, so that a retried trial resumes."""
+    checkpoint_dir: str | None = None
+    """Where trial checkpoints go (default: the cache's ``checkpoints``; relative: to this
+    file's folder); a path every machine reads lets a retry on another machine resume."""
 
 
 @dataclass

@@ -18,6 +18,7 @@ import pandas as pd
 
 from hpo.data.load import LoadedData, fingerprint
 from hpo.data.spec import DataError
+from hpo.errors import DiskFullError, disk_full
 from hpo.tasks import Task, get_task
 
 if TYPE_CHECKING:
@@ -145,10 +146,10 @@ def save_cached(ds: datasets.Dataset, cache_dir: Path, key: str) -> datasets.Dat
     """Writes ``ds`` under ``cache_dir/key`` atomically and returns the on-disk copy."""
     import datasets
 
-    cache_dir.mkdir(parents=True, exist_ok=True)
     final = cache_dir / key
     tmp = cache_dir / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
         ds.save_to_disk(str(tmp))
         try:
             os.rename(tmp, final)
@@ -156,6 +157,11 @@ def save_cached(ds: datasets.Dataset, cache_dir: Path, key: str) -> datasets.Dat
             # Another worker renamed its copy first; theirs is complete, use it.
             if not final.is_dir():
                 raise
+    except Exception as e:
+        full = disk_full(e, "the tokenized data cache", cache_dir)  # before the cleanup frees space
+        if full is not None:
+            raise DiskFullError(f"{full} (set HPO_CACHE_DIR to a folder with room)") from None
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -28,7 +28,7 @@ def run_optuna(spec: StudySpec, opts: RunOptions, address: str | None = None, st
     if opts.workers == 1 and not opts.gpus:
         from hpo.drivers.worker import run_worker
 
-        return run_worker(spec, opts.storage, n_trials=opts.n_trials, timeout=opts.timeout)
+        return run_worker(spec, opts.storage, n_trials=opts.n_trials, timeout=opts.timeout, requeue=True)
     from hpo.drivers.local import launch
 
     return launch(

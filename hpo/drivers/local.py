@@ -327,7 +327,9 @@ def _supervise(
 
     # Data errors surface here, once, and the tokenized splits are cached for the workers; the
     # study is created here, once, so that workers only ever load it (no create race).
-    run = open_run(spec, url, create=True, say=lambda line: print(line, file=stream, flush=True))
+    run = open_run(
+        spec, url, create=True, say=lambda line: print(line, file=stream, flush=True), requeue=True
+    )
     storage, study, first_number = run.storage, run.study, run.first_number
     del run
     print(

@@ -39,6 +39,7 @@ def open_run(
     n_before: int | None = None,
     salt: str = "",
     say: Callable[[str], None] | None = None,
+    requeue: bool = False,
 ) -> OpenRun:
     """Prepare the data, open the storage and the study, and sweep what an earlier run left.
 
@@ -51,6 +52,9 @@ def open_run(
         n_before: trials the study held when the run began (default: counted now).
         salt: tells this worker's sampler apart from others on the same study.
         say: where the sweep's lines go (None: nowhere).
+        requeue: queue again the trials an earlier run's Ctrl-C (or SIGTERM) interrupted
+            (:func:`requeue_interrupted`), and delete checkpoints no trial will resume. Only
+            ``hpo run`` does (once per run): workers that join would queue them once each.
 
     Raises:
         DataError: bad data, before the database is touched.
@@ -87,7 +91,45 @@ def open_run(
     # Trials an earlier run left RUNNING: failed now if their worker stopped (stale heartbeat,
     # or a process on this host that is gone), else said, with when they will be failed.
     lines = failed_trial_lines(study, sweep_stale_trials(study)) + running_trial_lines(study)
+    if requeue:
+        lines += requeue_interrupted(study)
+        drop_unused_checkpoints(spec, study)
     if say is not None:
         for line in lines:
             say(line)
     return OpenRun(ctx, storage, study, first_number)
+
+
+def requeue_interrupted(study: Any) -> list[str]:
+    """Queue again each trial stored as interrupted (``fail_reason: interrupted (...)``) that
+    has no retry yet, with its parameters and checkpoint key (``hpo.storage.enqueue_retry``), so
+    it resumes from its last checkpoint. Returns one line per trial queued.
+    """
+    import optuna
+
+    from hpo.storage import enqueue_retry
+
+    trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials}
+    lines = []
+    for t in trials:
+        reason = str(t.user_attrs.get("fail_reason", ""))
+        if t.state == optuna.trial.TrialState.FAIL and reason.startswith("interrupted") and t.number not in retried:
+            enqueue_retry(study, t)
+            lines.append(f"trial {t.number} was {reason}; queued again (retry_of: {t.number})")
+    return lines
+
+
+def drop_unused_checkpoints(spec: StudySpec, study: Any) -> None:
+    """Delete the study's checkpoints that no RUNNING or WAITING trial can resume (a series whose
+    retries ran out, a trial finished while its folder could not be deleted)."""
+    import optuna
+
+    from hpo.checkpoints import CHECKPOINT_ATTR, prune_orphans
+
+    states = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+    keep = {
+        str(t.system_attrs.get(CHECKPOINT_ATTR))
+        for t in study._storage.get_all_trials(study._study_id, deepcopy=False, states=states)
+    }
+    prune_orphans(spec, keep)

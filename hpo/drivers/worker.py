@@ -27,6 +27,7 @@ def run_worker(
     budget: Any = None,
     sampler_salt: str = "",
     threads: int | str | None = None,
+    requeue: bool = False,
 ) -> Any:
     """Load data once, open the study and optimize; returns the study.
 
@@ -40,7 +41,8 @@ def run_worker(
     processes (``hpo.drivers.local.Budget``). ``sampler_salt`` tells this worker's sampler apart from
     others that start on the same study (``sampler_seed``). ``threads``: torch threads, set
     before every trial; ``"auto"`` decides each time (``hpo.drivers.slots.joining_worker_threads``);
-    None leaves torch as it is.
+    None leaves torch as it is. ``requeue``: queue again the trials an interrupted run left
+    (``hpo run``, not a worker that joins: ``hpo.drivers.setup.open_run``).
     """
     import optuna
 
@@ -66,6 +68,7 @@ def run_worker(
         n_before=getattr(budget, "first_number", None),
         salt=sampler_salt,
         say=None if quiet else printer.say,
+        requeue=requeue,
     )
     # Base weights load once per worker, now: a bad model fails here, not in every trial.
     run.ctx.base_model()

@@ -95,6 +95,18 @@ def write_s2s_study(root: Path, model_dir: Path, data_dir: Path, **over: Any) ->
     return path
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread() -> Iterator[None]:
+    """One torch thread: a 32-wide model gains nothing from two, and on a loaded machine two
+    threads waiting on each other were 20x slower (10 forward+backward passes: 13 s vs 0.5 s)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("pairs")
@@ -117,14 +129,21 @@ def db(
         study = optuna.create_study(study_name="s2s", storage=url, direction="minimize")
         for s in STRATEGIES:
             study.enqueue_trial({"strategy": s, "learning_rate": TRAINED_LR[s]})
-        run_worker(load_study(path), url, n_trials=5, timeout=None, quiet=True)
+        run_worker(load_study(path), url, n_trials=5, timeout=None, quiet=True, threads=1)
         for s in STRATEGIES:
             study.enqueue_trial({"strategy": s, "learning_rate": 1e-7})
         # Prune a trial whose loss at an evaluation is above the best trained trial's there.
         pruner = {
             "pruner": {"name": "percentile", "percentile": 1.0, "n_startup_trials": 1, "n_warmup_steps": 0}
         }
-        run_worker(load_study(path, {"pruner": pruner["pruner"]}), url, n_trials=5, timeout=None, quiet=True)
+        run_worker(
+            load_study(path, {"pruner": pruner["pruner"]}),
+            url,
+            n_trials=5,
+            timeout=None,
+            quiet=True,
+            threads=1,
+        )
     yield url, root
 
 
@@ -303,3 +322,20 @@ def test_shipped_headlines_t5_study_validates_offline(capsys: pytest.CaptureFixt
     assert "seq2seq: google/flan-t5-small on headlines" in out and "maximize rougeL" in out
     spec = load_study(root / "studies" / "headlines-t5.yaml", read_data=True)
     assert spec.space.strategies == STRATEGIES and spec.task_options["source_prefix"] == "summarize: "
+
+
+def test_compare_and_report_show_the_task_metrics(
+    db: tuple[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, _ = db
+    trials = _trials(url)
+    best = min((t for t in trials if t.state == TS.COMPLETE), key=lambda t: t.value)
+    assert main(["compare", "s2s", "--by", "strategy", "--storage", url, "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["strategy"] for r in rows} == set(STRATEGIES)
+    assert min(float(r["best_value"]) for r in rows) == best.value
+    out = tmp_path / "report"
+    assert main(["report", "s2s", "-o", str(out), "--storage", url]) == 0
+    assert (out / "best_trial_metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (out / "best_trial_metrics.html").read_text()
+    assert all(m in page for m in ("rouge1", "rouge2", "rougeL"))

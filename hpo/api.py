@@ -156,7 +156,9 @@ def run(
         source_trials(spec.warm_start, url, spec.name)
     print(
         f"study {spec.name!r} in {redact(url)}: {opts.n_trials} trials, space {spec.space_ref} "
-        f"({', '.join(spec.space.strategies)}), {spec.objective.metric} ({spec.direction})",
+        f"({', '.join(spec.space.strategies)}), "
+        + ", ".join(f"{m} ({d})" for m, d in zip(spec.objectives, spec.directions, strict=True))
+        + (f"; constraints: {', '.join(c.text for c in spec.constraints)}" if spec.constraints else ""),
         flush=True,
     )
     # This run's trials are those started from now on (the study may hold earlier runs'); MySQL
@@ -200,7 +202,7 @@ def results(study_name: str, storage: str | None = None) -> Any:
     """
     import pandas as pd
 
-    from hpo.results import duration_s, is_stopped_early, trial_strategy
+    from hpo.results import duration_s, is_stopped_early, primary_value, trial_strategy
     from hpo.study import load_one
 
     study = load_one(_storage(storage), study_name)
@@ -213,7 +215,7 @@ def results(study_name: str, storage: str | None = None) -> Any:
         row: dict[str, Any] = {
             "number": t.number,
             "state": "STOPPED" if is_stopped_early(t) else t.state.name,
-            "value": t.value,
+            "value": primary_value(t) if t.values else None,  # the primary metric's
             "strategy": trial_strategy(t),
         }
         row.update({k: t.params.get(k) for k in params})
@@ -268,7 +270,13 @@ def best(study_name: str, storage: str | None = None) -> Any:
     return found
 
 
-def export(study_name: str, output: str | Path, storage: str | None = None, trial: int | None = None) -> Path:
+def export(
+    study_name: str,
+    output: str | Path,
+    storage: str | None = None,
+    trial: int | None = None,
+    pick: str | None = None,
+) -> Path:
     """Write the retraining spec of the best (or given) trial: what ``hpo export`` does.
 
     Args:
@@ -276,6 +284,8 @@ def export(study_name: str, output: str | Path, storage: str | None = None, tria
         output: The YAML file to write.
         storage: Its storage URL (default ``$HPO_STORAGE``, else ``sqlite:///studies/hpo.db``).
         trial: A COMPLETE trial's number (default: the best trial).
+        pick: Choose a point on the Pareto front instead (``"f1 >= 0.85, min trainable_params"``,
+            :mod:`hpo.pick`).
 
     Returns:
         The path written.
@@ -287,7 +297,7 @@ def export(study_name: str, output: str | Path, storage: str | None = None, tria
 
     if trial is not None and (isinstance(trial, bool) or not isinstance(trial, int) or trial < 0):
         raise UserError(f"trial: expected a trial number >= 0, got {trial!r}")
-    return export_trial(_storage(storage), study_name, Path(output), trial_number=trial)
+    return export_trial(_storage(storage), study_name, Path(output), trial_number=trial, pick=pick)
 
 
 def retrain(

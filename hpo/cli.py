@@ -165,7 +165,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from hpo.api import export
 
-    path = export(args.name, Path(args.output), _storage(args), trial=args.trial)
+    path = export(args.name, Path(args.output), _storage(args), trial=args.trial, pick=args.pick)
     print(f"wrote {path}")
     return 0
 
@@ -325,7 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="compare studies side by side")
     c.add_argument("names", nargs="+")
     c.add_argument("--storage", help=storage_help)
-    c.add_argument("--by", choices=["study", "strategy"], default="study")
+    c.add_argument(
+        "--by",
+        choices=["study", "strategy", "pareto"],
+        default="study",
+        help="pareto: the Pareto front of each multi-objective study, one row per trial",
+    )
     c.add_argument("--format", choices=["table", "json", "csv"], default="table")
     c.set_defaults(func=cmd_compare)
 
@@ -339,6 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("name")
     e.add_argument("-o", "--output", required=True, help="output YAML file")
     e.add_argument("--trial", type=_non_negative, help="trial number (default: the best)")
+    e.add_argument(
+        "--pick",
+        help="choose a point on the Pareto front, e.g. \"f1 >= 0.85, min trainable_params\"",
+    )
     e.add_argument("--storage", help=storage_help)
     e.set_defaults(func=cmd_export)
 

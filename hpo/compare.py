@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from hpo.errors import UserError
-from hpo.results import strategy_rows, study_row
+from hpo.results import front_rows, objective_labels, objective_names, strategy_rows, study_row
 from hpo.storage import open_existing_storage
 from hpo.study import load_studies, study_names
 
@@ -22,10 +22,12 @@ STUDY_COLUMNS = (
     "direction",
     "trials",
     "complete",
+    "infeasible",
     "pruned",
     "stopped",
     "fail",
     "running",
+    "pareto_front",
     "best_value",
     "best_trial",
     "best_strategy",
@@ -42,6 +44,7 @@ STRATEGY_COLUMNS = (
     "strategy",
     "trials",
     "complete",
+    "infeasible",
     "pruned",
     "stopped",
     "fail",
@@ -59,6 +62,8 @@ _LABELS = {
     "stopped": "  stopped early",
     "fail": "  failed",
     "running": "  running",
+    "infeasible": "    infeasible",
+    "pareto_front": "Pareto front (trials)",
     "best_value": "best value",
     "best_trial": "best trial",
     "best_strategy": "best strategy",
@@ -80,17 +85,30 @@ _LABELS = {
 
 
 def compare_rows(storage_url: str, names: list[str], by: str = "study") -> list[dict[str, Any]]:
-    """Rows of ``hpo compare``: one per study (``by="study"``) or per study and strategy.
+    """Rows of ``hpo compare``: one per study (``by="study"``), per study and strategy, or per
+    trial on the Pareto front of each study (``by="pareto"``).
 
     Raises:
         UserError: unknown study name or ``by`` value.
     """
-    if by not in ("study", "strategy"):
-        raise UserError(f"--by: expected study or strategy, got {by!r}")
+    if by not in ("study", "strategy", "pareto"):
+        raise UserError(f"--by: expected study, strategy or pareto, got {by!r}")
     studies = load_studies(storage_url, names)
     if by == "study":
         return [study_row(s) for s in studies]
+    if by == "pareto":
+        return [row for s in studies for row in front_rows(s)]
     return [row for s in studies for row in strategy_rows(s)]
+
+
+def pareto_columns(rows: list[dict[str, Any]]) -> list[str]:
+    """Keys of ``--by pareto`` rows: study, trial, strategy, each objective (as the studies name
+    them), trainable share, parameters."""
+    objectives = [k for r in rows for k in r if k not in PARETO_FIXED]
+    return ["study", "trial", "strategy", *dict.fromkeys(objectives), "trainable_percent", "params"]
+
+
+PARETO_FIXED = ("study", "trial", "strategy", "trainable_percent", "params")
 
 
 # --------------------------------------------------------------------------- output
@@ -112,16 +130,17 @@ def _cell(key: str, v: Any) -> str:
         return _seconds(v)
     if key == "pruned_share":
         return f"{100 * v:.1f}%"
-    if isinstance(v, float):
-        return f"{v:.4f}"
+    if isinstance(v, float):  # counts and sizes (trainable_params) stored as floats: no decimals
+        return f"{v:.4f}" if abs(v) < 1000 else f"{v:.0f}"
     return str(v)
 
 
 def _study_table(rows: list[dict[str, Any]]) -> str:
     """Studies as columns, fields as rows: long parameter strings stay readable."""
     keys = [k for k in STUDY_COLUMNS if k != "study"]
-    if not any(r["stopped"] for r in rows):
-        keys.remove("stopped")
+    for optional in ("stopped", "infeasible", "pareto_front"):  # shown where a study has them
+        if not any(r.get(optional) for r in rows):
+            keys.remove(optional)
     grid = [["", *(str(r["study"]) for r in rows)]]
     grid += [[_LABELS.get(k, k), *(_cell(k, r.get(k)) for r in rows)] for k in keys]
     widths = [max(len(line[i]) for line in grid) for i in range(len(grid[0]))]
@@ -130,10 +149,13 @@ def _study_table(rows: list[dict[str, Any]]) -> str:
     )
 
 
-def _strategy_table(rows: list[dict[str, Any]]) -> str:
-    keys = list(STRATEGY_COLUMNS)
-    if not any(r["stopped"] for r in rows):
-        keys.remove("stopped")
+def _strategy_table(
+    rows: list[dict[str, Any]], columns: tuple[str, ...] | list[str] = STRATEGY_COLUMNS
+) -> str:
+    keys = list(columns)
+    for optional in ("stopped", "infeasible"):
+        if optional in keys and not any(r.get(optional) for r in rows):
+            keys.remove(optional)
     grid = [[k for k in keys]]
     grid += [[_cell(k, r.get(k)) for k in keys] for r in rows]
     widths = [max(len(line[i]) for line in grid) for i in range(len(keys))]
@@ -144,7 +166,9 @@ def _strategy_table(rows: list[dict[str, Any]]) -> str:
 
 def render(rows: list[dict[str, Any]], by: str = "study", fmt: str = "table") -> str:
     """Rows as a table (people), JSON or CSV (machines: raw numbers, seconds, shares in 0..1)."""
-    columns = STUDY_COLUMNS if by == "study" else STRATEGY_COLUMNS
+    columns: tuple[str, ...] = STUDY_COLUMNS if by == "study" else STRATEGY_COLUMNS
+    if by == "pareto":
+        columns = tuple(pareto_columns(rows))
     if fmt == "json":
         return json.dumps([{k: r.get(k) for k in columns} for r in rows], indent=2)
     if fmt == "csv":
@@ -157,7 +181,13 @@ def render(rows: list[dict[str, Any]], by: str = "study", fmt: str = "table") ->
     if fmt != "table":
         raise UserError(f"--format: expected table, json or csv, got {fmt!r}")
     if not rows:
-        return "(no trials)"
+        return (
+            "(no trials)"
+            if by != "pareto"
+            else "(no Pareto front: no complete, feasible trial of a multi-objective study)"
+        )
+    if by == "pareto":
+        return _strategy_table(rows, columns)
     return _study_table(rows) if by == "study" else _strategy_table(rows)
 
 
@@ -177,7 +207,15 @@ def compare(storage_url: str, names: list[str], by: str = "study", fmt: str = "t
     Raises:
         UserError: unknown study name, format or ``by`` value.
     """
-    return render(compare_rows(storage_url, names, by), by, fmt)
+    out = render(compare_rows(storage_url, names, by), by, fmt)
+    if by == "study" and fmt == "table":
+        # A multi-objective study has no single best: its Pareto front follows the table.
+        for study in load_studies(storage_url, names):
+            if len(objective_names(study)) > 1:
+                front = front_rows(study)
+                title = f"\nPareto front of {study.study_name} ({', '.join(objective_labels(study))}):"
+                out += f"{title}\n" + (render(front, "pareto") if front else "(none yet)")
+    return out
 
 
 LIST_COLUMNS = tuple(

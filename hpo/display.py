@@ -17,9 +17,12 @@ from hpo.config import StudySpec
 from hpo.results import (
     best_of,
     best_trial,
+    directions,
     duration_s,
     fmt_params,
-    maximizes,
+    objective_labels,
+    objective_names,
+    pareto_front,
     state_counts,
     strategy_rows,
     trial_strategy,
@@ -74,9 +77,17 @@ def trial_seconds(trial: Any) -> float:
     return duration_s(trial) or 0.0
 
 
-def trial_line(trial: Any, metric: str) -> str:
-    """One finished trial: number, state, value, seconds, parameters, retry/repeat notes, reason."""
-    value = f" {metric}={trial.value:.4f}" if trial.value is not None else ""
+def values_text(trial: Any, names: str | list[str]) -> str:
+    """``accuracy=0.8400`` or, with several objectives, ``f1=0.8400 trainable_params=74498``."""
+    names = [names] if isinstance(names, str) else names
+    pairs = zip(names, trial.values or (), strict=False)  # a pruned trial has the primary only
+    return " ".join(f"{n}={v:.4g}" if i else f"{n}={v:.4f}" for i, (n, v) in enumerate(pairs))
+
+
+def trial_line(trial: Any, metric: str | list[str]) -> str:
+    """One finished trial: number, state, value(s), seconds, parameters, retry/repeat notes, reason."""
+    value = f" {values_text(trial, metric)}" if trial.values else ""
+    value += " (infeasible)" if trial.user_attrs.get("feasible") is False else ""
     reason = (
         f" ({trial.user_attrs['fail_reason']})"
         if trial.state.name == "FAIL" and "fail_reason" in trial.user_attrs
@@ -89,11 +100,11 @@ def trial_line(trial: Any, metric: str) -> str:
     )
 
 
-def best_text(best: Any, metric: str) -> str:
+def best_text(best: Any, metric: str | list[str]) -> str:
     """``best accuracy=0.8400 (#3 full)``, or ``best -`` before any trial completed."""
     if best is None:
         return "best -"
-    return f"best {metric}={best.value:.4f} (#{best.number} {trial_strategy(best) or ''})"
+    return f"best {values_text(best, metric)} (#{best.number} {trial_strategy(best) or ''})"
 
 
 class ProgressPrinter:
@@ -101,6 +112,7 @@ class ProgressPrinter:
 
     def __init__(self, spec: StudySpec, worker: str = "", stream: Any = None):
         self.metric = spec.objective.metric
+        self.names = spec.objectives
         self.worker = worker
         self.stream = stream or sys.stdout
         self.n_evals = max_evaluations(spec)
@@ -122,7 +134,7 @@ class ProgressPrinter:
         return hook
 
     def __call__(self, study: Any, trial: Any) -> None:
-        self.say(f"{trial_line(trial, self.metric)}  | {best_text(best_trial(study), self.metric)}")
+        self.say(f"{trial_line(trial, self.names)}  | {best_text(best_trial(study), self.names)}")
 
 
 def print_summary(study: Any) -> None:
@@ -131,9 +143,14 @@ def print_summary(study: Any) -> None:
     states = ", ".join(f"{k.upper()} {v}" for k, v in sorted(counts.items()) if k != "trials" and v)
     print(f"\nstudy {study.study_name!r}: {counts['trials']} trials ({states})")
     best = best_trial(study)  # stopped-early (Ray ASHA) trials never count as best
+    names = objective_names(study)
     if best is not None:
-        metric = study.user_attrs.get("metric", "value")
-        print(f"best: trial {best.number} {metric}={best.value:.4f}  {fmt_params(best)}")
+        print(f"best: trial {best.number} {values_text(best, names)}  {fmt_params(best)}")
+    if len(names) > 1:
+        front = pareto_front(study)
+        print(f"Pareto front ({', '.join(objective_labels(study))}): {len(front)} trial(s)")
+        for t in front:
+            print(f"  trial {t.number:>3} {values_text(t, names)}  {fmt_params(t)}")
     rows = strategy_rows(study)
     columns = ["strategy", "trials", "complete", "pruned", "stopped", "fail"]
     columns += ["best_value", "best_trial", "best_params"]
@@ -205,6 +222,7 @@ class Monitor:
     def __init__(self, study: Any, spec: StudySpec, n_trials: int, stream: Any):
         self.study = study
         self.metric = spec.objective.metric
+        self.names = spec.objectives
         self.n_evals = max_evaluations(spec)
         self.n_trials = n_trials
         self.display = LiveDisplay(stream)
@@ -244,8 +262,8 @@ class Monitor:
             if t.state.is_finished() and t.number not in self.seen_finished:
                 self.seen_finished.add(t.number)
                 label = labels.get(t.user_attrs.get("worker", ""), "-")
-                self.events.append(f"{trial_line(t, self.metric)}  [{label}]")
-        best_txt = best_text(best_of(trials, maximizes(self.study)), self.metric)
+                self.events.append(f"{trial_line(t, self.names)}  [{label}]")
+        best_txt = best_text(best_of(trials, directions(self.study)), self.names)
         done = sum(v for k, v in counts.items() if k in ("COMPLETE", "PRUNED", "FAIL"))
         state_txt = ", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
         rows = [f"{self.study.study_name}: {done} finished this run ({state_txt or 'none yet'}), {best_txt}"]

@@ -52,7 +52,7 @@ def retrain_dict(study: Any, trial: Any, storage_url: str) -> dict[str, Any]:
     """The retraining spec of one trial, as plain data in file order."""
     from hpo import __version__
     from hpo.models import resolve_model
-    from hpo.results import is_stopped_early
+    from hpo.results import directions, is_stopped_early, objective_names, primary_value
     from hpo.storage import redact
     from hpo.tasks import TASKS
 
@@ -98,14 +98,21 @@ def retrain_dict(study: Any, trial: Any, storage_url: str) -> dict[str, Any]:
     sel_step, steps = trial.user_attrs.get("selected_step"), trial.user_attrs.get("steps")
     if isinstance(sel_step, int) and isinstance(steps, int) and sel_step < steps:
         stop_after_step = sel_step
+    direction = directions(study)[0]
     provenance: dict[str, Any] = {
         "study": study.study_name,
         "trial": trial.number,
-        "value": trial.value,
+        "value": primary_value(trial),
         "metric": metric,
-        "direction": study.direction.name.lower(),
+        "direction": direction,
         "validation": validation,
     }
+    names = objective_names(study)
+    if len(names) > 1:  # a multi-objective study: every objective of the chosen point
+        provenance["objectives"] = dict(zip(names, trial.values, strict=False))
+        for key in ("feasible", "infeasible", "trainable_percent"):
+            if key in trial.user_attrs:
+                provenance[key] = trial.user_attrs[key]
     for key in (
         "trainable_params",
         "total_params",
@@ -140,7 +147,7 @@ def retrain_dict(study: Any, trial: Any, storage_url: str) -> dict[str, Any]:
         "strategy": {"name": cfg["strategy"], "params": dict(cfg["strategy_params"])},
         "training": training,
         "budget": budget_dict(max_epochs, budget.get("evals_per_epoch", 2), stop_after_step),
-        "objective": objective_dict(metric, study.direction.name.lower(), select),
+        "objective": objective_dict(metric, direction, select),
         "seed": int(trial.user_attrs.get("seed", hpo_config.get("seed", 0))),
         "device": "auto",
         "provenance": provenance,
@@ -150,19 +157,51 @@ def retrain_dict(study: Any, trial: Any, storage_url: str) -> dict[str, Any]:
     return out
 
 
-def pick_trial(study: Any, trial_number: int | None) -> Any:
-    """The given trial, or the best fully completed one.
+def pick_trial(study: Any, trial_number: int | None, pick: str | None = None) -> Any:
+    """The given trial, the one ``pick`` chooses (:mod:`hpo.pick`), or the best fully completed one
+    (in a multi-objective study: the front's best on the primary metric).
 
     Raises:
-        UserError: no such trial, the trial is not COMPLETE, or nothing is complete yet.
+        UserError: no such trial, the trial is not COMPLETE, nothing is complete yet, a pick
+            that does not parse or that no candidate passes.
     """
     import optuna
 
-    from hpo.results import best_trial, is_full_complete
+    from hpo.results import (
+        best_of,
+        best_trial,
+        directions,
+        is_feasible,
+        is_full_complete,
+        objective_names,
+        pareto_front,
+    )
 
     trials = study.get_trials(deepcopy=False)
     complete = [t.number for t in trials if is_full_complete(t)]
     shown = ", ".join(map(str, complete[:20])) + (" ..." if len(complete) > 20 else "")
+    if pick is not None:
+        from hpo.pick import apply_pick, parse_pick
+
+        if trial_number is not None:
+            raise UserError("--pick and --trial: give one of them")
+        parsed = parse_pick(pick)
+        names = objective_names(study)
+        if len(names) > 1:
+            candidates = pareto_front(study)
+        else:
+            dirs = directions(study)
+            pool = [
+                t
+                for t in trials
+                if is_full_complete(t) and is_feasible(t) and "repeat_of" not in t.user_attrs
+            ]
+            candidates = []
+            while pool:  # best first, like the front
+                best = best_of(pool, dirs)
+                candidates.append(best)
+                pool.remove(best)
+        return apply_pick(parsed, candidates, names, study.study_name)
     if trial_number is None:
         best = best_trial(study)
         if best is None:
@@ -184,7 +223,9 @@ def pick_trial(study: Any, trial_number: int | None) -> Any:
     return found
 
 
-def export_trial(storage_url: str, name: str, out_path: Path, trial_number: int | None = None) -> Path:
+def export_trial(
+    storage_url: str, name: str, out_path: Path, trial_number: int | None = None, pick: str | None = None
+) -> Path:
     """Write the retraining spec of the best (or given) trial of a study.
 
     Args:
@@ -192,6 +233,7 @@ def export_trial(storage_url: str, name: str, out_path: Path, trial_number: int 
         name: Study name.
         out_path: YAML file to write (folders are created).
         trial_number: A COMPLETE trial's number; default the best fully completed trial.
+        pick: A ``--pick`` expression (:mod:`hpo.pick`) choosing a point on the Pareto front.
 
     Returns:
         The path written.
@@ -201,11 +243,12 @@ def export_trial(storage_url: str, name: str, out_path: Path, trial_number: int 
             not validate on this machine (the file is written all the same, to be fixed by hand).
     """
     from hpo._yaml import dump_yaml
-    from hpo.results import is_stopped_early
+    from hpo.display import values_text
+    from hpo.results import is_stopped_early, objective_names
     from hpo.study import load_one
 
     study = load_one(storage_url, name)
-    trial = pick_trial(study, trial_number)
+    trial = pick_trial(study, trial_number, pick)
     spec = retrain_dict(study, trial, storage_url)
     repeat = (
         f"; trial {trial_number} repeats it (sampler.skip_repeats) and was not trained"
@@ -222,7 +265,9 @@ def export_trial(storage_url: str, name: str, out_path: Path, trial_number: int 
         )
     header = (
         f"# Retraining spec of trial {trial.number} of study {study.study_name!r} "
-        f"({spec['provenance']['metric']}={trial.value:.4f}){repeat}.\n"
+        f"({values_text(trial, objective_names(study))}){repeat}"
+        + (f"; chosen by --pick {pick!r}" if pick else "")
+        + ".\n"
         f"# Train it: hpo retrain {out_path} [-o DIR] [--set training.num_train_epochs=3 ...]\n"
     )
     try:

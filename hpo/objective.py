@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from hpo.config.objectives import COSTS, feasibility_attrs, objective_values
 from hpo.context import WorkerContext
 from hpo.crossval import train_folds
 from hpo.space import TrialConfig
@@ -50,6 +51,8 @@ class TrialResult:
     """The trained trial this one repeats (``sampler.skip_repeats``), if any."""
     pruned: bool = False
     """The pruner (or Ray's scheduler) stopped it early."""
+    values: list[float] | None = None
+    """Every objective's value, the primary first (None when pruned)."""
 
 
 def run_trial(
@@ -94,8 +97,11 @@ def run_trial(
     if repeat is not None:
         # Within sampler.skip_repeats of a trained trial, same seed: training it again would
         # measure noise, not the configuration.
-        recorder.record({"repeat_of": repeat.number})
-        return TrialResult(float(repeat.value), repeat_of=repeat.number)
+        # It stands for the trained trial: the same costs, the same feasibility.
+        copied = {k: repeat.user_attrs[k] for k in REPEAT_ATTRS if k in repeat.user_attrs}
+        recorder.record({"repeat_of": repeat.number, **copied})
+        values = [float(v) for v in repeat.values]
+        return TrialResult(values[0], repeat_of=repeat.number, values=values)
     ckpt = trial_checkpoint(spec, frozen, recorder)
     planned = {"evaluations": 0}
 
@@ -133,9 +139,17 @@ def run_trial(
         raise
     if ckpt is not None:
         ckpt.discard()
-    recorder.record(outcome_attrs(out))
-    value = None if out.pruned else out.metrics[spec.objective.metric]
-    return TrialResult(value, outcome=out, pruned=out.pruned)
+    attrs = outcome_attrs(out)
+    attrs.update(feasibility_attrs(spec.constraints, attrs))
+    recorder.record(attrs)
+    if out.pruned:
+        return TrialResult(None, outcome=out, pruned=True)
+    values = objective_values(spec.objectives, out.metrics, attrs)
+    return TrialResult(values[0], outcome=out, values=values)
+
+
+REPEAT_ATTRS = (*COSTS, "trainable_percent", "total_params", "feasible", "infeasible")
+"""What a repeat copies from the trial it repeats (its objective values and constraints read them)."""
 
 
 def trial_checkpoint(spec: Any, frozen: Any, recorder: TrialRecorder) -> Any:
@@ -233,9 +247,10 @@ def find_repeat(trial: Any, complete: list[Any], tolerance: float | None) -> Any
 class OptunaRecorder:
     """A :class:`TrialRecorder` on an ``optuna.Trial`` asked by ``study.optimize``."""
 
-    def __init__(self, trial: Any, metric: str):
+    def __init__(self, trial: Any, metric: str, multi_objective: bool = False):
         self.trial = trial
         self.metric = metric
+        self.multi_objective = multi_objective
 
     def record(self, attrs: dict[str, Any], system_attrs: dict[str, Any] | None = None) -> None:
         from hpo.storage import write_user_attrs
@@ -243,6 +258,10 @@ class OptunaRecorder:
         write_user_attrs(self.trial, attrs, system_attrs)
 
     def report(self, index: int, last: bool, metrics: dict[str, float]) -> bool:
+        if self.multi_objective:  # Optuna's report/should_prune refuse these (hpo.study_view)
+            from hpo.study_view import prune_multi_objective
+
+            return prune_multi_objective(self.trial, index, metrics[self.metric])
         self.trial.report(metrics[self.metric], step=index)
         return bool(self.trial.should_prune())
 
@@ -258,7 +277,7 @@ class OptunaRecorder:
 def make_objective(
     ctx: WorkerContext,
     on_trial_start: Callable[[Any], Callable[[int, dict[str, float]], None]] | None = None,
-) -> Callable[[Any], float]:
+) -> Callable[[Any], float | list[float]]:
     """The Optuna objective: sample a configuration, :func:`run_trial`, prune or return the value.
 
     ``on_trial_start(trial)`` may return a hook that sees every evaluation (progress display).
@@ -267,14 +286,16 @@ def make_objective(
 
     spec = ctx.spec
 
-    def objective(trial: Any) -> float:
+    multi = len(spec.directions) > 1
+
+    def objective(trial: Any) -> float | list[float]:
         cfg = spec.space.sample(trial, spec.training)
         show = on_trial_start(trial) if on_trial_start else None
-        result = run_trial(ctx, cfg, OptunaRecorder(trial, spec.objective.metric), show)
+        result = run_trial(ctx, cfg, OptunaRecorder(trial, spec.objective.metric, multi), show)
         if result.pruned:
             evaluations = len(result.outcome.history) if result.outcome else 0
             raise optuna.TrialPruned(f"pruned after evaluation {evaluations}")
-        assert result.value is not None
-        return result.value
+        assert result.values is not None
+        return result.values if multi else result.values[0]
 
     return objective

@@ -58,16 +58,17 @@ def _state(trial: Any) -> str:
 def history_data(study: Any) -> list[tuple[int, float, float]]:
     """(trial number, value, best so far) of every fully completed trial (the best-trial rule
     of :mod:`hpo.results`: a trial that Ray's ASHA stopped early never counts)."""
-    from hpo.results import is_full_complete, maximizes
+    from hpo.results import is_feasible, is_full_complete, maximizes, primary_value
 
     maximize = maximizes(study)
     out: list[tuple[int, float, float]] = []
     best: float | None = None
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
-        if not is_full_complete(t):
+        if not is_full_complete(t) or not is_feasible(t):
             continue
-        best = t.value if best is None else (max(best, t.value) if maximize else min(best, t.value))
-        out.append((t.number, t.value, best))
+        value = float(primary_value(t))  # type: ignore[arg-type]
+        best = value if best is None else (max(best, value) if maximize else min(best, value))
+        out.append((t.number, value, best))
     if not out:
         raise Skip("no complete trial yet")
     return out
@@ -99,14 +100,12 @@ def importance_data(study: Any) -> dict[str, float]:
 
     import optuna
 
-    complete = [
-        t
-        for t in study.get_trials(deepcopy=False)
-        if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None and math.isfinite(t.value)
-    ]
+    from hpo.results import is_full_complete, primary_value
+
+    complete = [t for t in study.get_trials(deepcopy=False) if is_full_complete(t)]
     if len(complete) < 2:
         raise Skip(f"needs at least 2 complete trials, the study has {len(complete)}")
-    if len({t.value for t in complete}) < 2:
+    if len({primary_value(t) for t in complete}) < 2:
         raise Skip(f"all {len(complete)} complete trials have the same value; nothing to attribute")
     seen: dict[str, set[str]] = {}
     for t in complete:
@@ -115,10 +114,12 @@ def importance_data(study: Any) -> dict[str, float]:
     params = sorted(k for k, vs in seen.items() if len(vs) > 1)
     if not params:
         raise Skip("no parameter took more than one value among complete trials")
+    # A multi-objective study: importances for the primary metric.
+    target = (lambda t: t.values[0]) if len(study.directions) > 1 else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            return dict(optuna.importance.get_param_importances(study, params=params))
+            return dict(optuna.importance.get_param_importances(study, params=params, target=target))
         except Exception as first:
             common = [p for p in params if all(p in t.params for t in complete)]
             if not common:
@@ -129,6 +130,7 @@ def importance_data(study: Any) -> dict[str, float]:
                         study,
                         evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0),
                         params=common,
+                        target=target,
                     )
                 )
             except Exception as second:
@@ -143,6 +145,37 @@ def strategy_data(study: Any) -> list[dict[str, Any]]:
     if not rows:
         raise Skip("no strategy has a complete trial")
     return rows
+
+
+@dataclass
+class ParetoData:
+    """What the Pareto plot draws: every complete trial's objectives, and which are on the front."""
+
+    names: list[str]
+    """The objectives, the primary first."""
+    directions: list[str]
+    points: list[tuple[int, list[float], str]] = field(default_factory=list)
+    """(trial number, values, ``front`` | ``dominated`` | ``infeasible``)."""
+
+
+def pareto_data(study: Any) -> ParetoData:
+    """The fully completed trials of a multi-objective study, each marked front, dominated or
+    infeasible (the rules of :func:`hpo.results.pareto_front`)."""
+    from hpo.results import directions, is_feasible, is_full_complete, objective_names, pareto_front
+
+    front = {t.number for t in pareto_front(study)}
+    data = ParetoData(objective_names(study), directions(study))
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        if not is_full_complete(t) or "repeat_of" in t.user_attrs:
+            continue
+        kind = "front" if t.number in front else "dominated" if is_feasible(t) else "infeasible"
+        data.points.append((t.number, list(t.values), kind))
+    if not data.points:
+        raise Skip("no complete trial yet")
+    return data
+
+
+_PARETO_COLORS = {"front": "#d62728", "dominated": "#1f77b4", "infeasible": "#7f7f7f"}
 
 
 def study_task(study: Any) -> Any:
@@ -346,7 +379,60 @@ def _plots(study: Any) -> list[_Plot]:
         ).update_layout(title=metrics_title(best), yaxis_title="validation")
         return fig.update_layout(yaxis_range=[0, 1.05]) if fractions else fig
 
-    return [
+    def pareto_png() -> Any:
+        d = pareto_data(study)
+        costs = d.names[1:]
+        fig = _mpl_figure(6.0 * len(costs), 4.8)
+        for i, cost in enumerate(costs, start=1):
+            ax = fig.add_subplot(1, len(costs), i)
+            for kind, color in _PARETO_COLORS.items():
+                pts = [(v[i], v[0], n) for n, v, k in d.points if k == kind]
+                if pts:
+                    ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=24, color=color, label=kind)
+                    if kind == "front":
+                        for x, y, n in pts:
+                            ax.annotate(
+                                f"#{n}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8
+                            )
+            ax.set(xlabel=f"{cost} ({d.directions[i][:3]})", ylabel=f"{d.names[0]} ({d.directions[0][:3]})")
+            if cost == "trainable_params":
+                ax.set_xscale("log")
+            ax.grid(alpha=0.3)
+            ax.legend(loc="best")
+        fig.suptitle(f"{name}: Pareto front")
+        return fig
+
+    def pareto_html() -> Any:
+        from plotly.subplots import make_subplots
+
+        d = pareto_data(study)
+        costs = d.names[1:]
+        fig = make_subplots(rows=1, cols=len(costs))
+        for i, cost in enumerate(costs, start=1):
+            for kind, color in _PARETO_COLORS.items():
+                pts = [(v[i], v[0], n) for n, v, k in d.points if k == kind]
+                if pts:
+                    fig.add_trace(
+                        go.Scatter(
+                            x=[p[0] for p in pts],
+                            y=[p[1] for p in pts],
+                            mode="markers",
+                            name=kind,
+                            legendgroup=kind,
+                            showlegend=i == 1,
+                            marker={"color": color},
+                            text=[f"trial {p[2]}" for p in pts],
+                        ),
+                        row=1,
+                        col=i,
+                    )
+            fig.update_xaxes(
+                title_text=cost, type="log" if cost == "trainable_params" else None, row=1, col=i
+            )
+            fig.update_yaxes(title_text=d.names[0], row=1, col=i)
+        return fig.update_layout(title=f"{name}: Pareto front")
+
+    plots = [
         _Plot("optimization_history", "Optimization history", history_png, history_html),
         _Plot(
             "intermediate_values", "Intermediate values (pruning curves)", intermediate_png, intermediate_html
@@ -355,6 +441,9 @@ def _plots(study: Any) -> list[_Plot]:
         _Plot("best_per_strategy", "Best value per strategy", strategy_png, strategy_html),
         _Plot("best_trial_metrics", "Validation metrics of the best trial", metrics_png, metrics_html),
     ]
+    if len(study.directions) > 1:
+        plots.insert(0, _Plot("pareto_front", "Pareto front", pareto_png, pareto_html))
+    return plots
 
 
 # --------------------------------------------------------------------------- output
@@ -362,7 +451,7 @@ def _plots(study: Any) -> list[_Plot]:
 
 def _index_html(study: Any, written: list[tuple[_Plot, Path, Path]], skipped: list[str]) -> str:
     from hpo.compare import render
-    from hpo.results import strategy_rows, study_row
+    from hpo.results import front_rows, objective_labels, strategy_rows, study_row
 
     e = html.escape
     parts = [
@@ -375,6 +464,12 @@ def _index_html(study: Any, written: list[tuple[_Plot, Path, Path]], skipped: li
         f"<pre>{e(render([study_row(study)], 'study'))}</pre>",
         f"<h2>Per strategy</h2><pre>{e(render(strategy_rows(study), 'strategy'))}</pre>",
     ]
+    if len(study.directions) > 1:
+        front = front_rows(study)
+        parts.append(
+            f"<h2>Pareto front ({e(', '.join(objective_labels(study)))})</h2>"
+            f"<pre>{e(render(front, 'pareto') if front else '(none yet)')}</pre>"
+        )
     for plot, png, page in written:
         parts.append(
             f"<h2>{e(plot.title)}</h2><p><a href='{e(page.name)}'>interactive version</a></p>"

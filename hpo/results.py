@@ -8,8 +8,14 @@ the end-of-run summary and the live display:
   so they are stored as COMPLETE with the value of their last evaluation (NOTES.md); the Ray
   backend marks them. They count with pruned trials in the compute figures and are never
   the best trial, because their value comes from a shorter training run;
-- the *best* trial is the best finite value among the other COMPLETE trials (ties: the
-  earliest);
+- the *best* trial is the best finite value among the other COMPLETE trials that are feasible
+  (no ``constraints:`` broken; user attribute ``feasible``), ties: the earliest. In a
+  multi-objective study, values are compared on the primary metric (the first objective), ties
+  broken by the other objectives in order, then the earliest: so the best trial is always on
+  the Pareto front;
+- the *Pareto front* of a multi-objective study: the feasible, fully completed trials that no
+  other one dominates (at least as good on every objective, better on one); a repeat
+  (``repeat_of``) stands for the trial it repeats and is left out;
 - trial time is the wall-clock duration Optuna recorded (start to finish) of finished
   trials (COMPLETE, PRUNED, FAIL); compute spent on pruning is the summed duration of
   PRUNED and stopped-early trials, and its share of the total.
@@ -29,39 +35,98 @@ def is_stopped_early(trial: Any) -> bool:
     return trial.state == optuna.trial.TrialState.COMPLETE and trial.user_attrs.get("stopped_early") is True
 
 
+def primary_value(trial: Any) -> float | None:
+    """The trial's value on the primary (first) objective, or None."""
+    values = trial.values
+    return None if not values else float(values[0])
+
+
 def is_full_complete(trial: Any) -> bool:
-    """COMPLETE with a finite value and trained for the full budget."""
+    """COMPLETE with finite values and trained for the full budget."""
     import optuna
 
     return (
         trial.state == optuna.trial.TrialState.COMPLETE
         and not is_stopped_early(trial)
-        and trial.value is not None
-        and math.isfinite(trial.value)
+        and bool(trial.values)
+        and all(math.isfinite(v) for v in trial.values)
     )
 
 
+def is_feasible(trial: Any) -> bool:
+    """No ``constraints:`` broken (trials of studies without constraints are all feasible)."""
+    return trial.user_attrs.get("feasible") is not False
+
+
+def directions(study: Any) -> list[str]:
+    """``maximize``/``minimize`` per objective, the primary first."""
+    return [d.name.lower() for d in study.directions]
+
+
+def objective_names(study: Any) -> list[str]:
+    """The objectives' names, the primary first (``value`` where the study named none)."""
+    names = list(study.metric_names or [])
+    n = len(study.directions)
+    if len(names) != n:
+        names = [str(study.user_attrs.get("metric", "value"))] + [f"value{i}" for i in range(1, n)]
+    return names
+
+
+def objective_labels(study: Any) -> list[str]:
+    """``f1 max``, ``trainable_params min``: each objective with its direction."""
+    return [f"{n} {d[:3]}" for n, d in zip(objective_names(study), directions(study), strict=True)]
+
+
 def maximizes(study: Any) -> bool:
-    """True when the study's (single) objective is maximized."""
-    import optuna
-
-    return bool(study.direction == optuna.study.StudyDirection.MAXIMIZE)
+    """True when the study's primary objective is maximized."""
+    return directions(study)[0] == "maximize"
 
 
-def best_of(trials: list[Any], maximize: bool) -> Any | None:
-    """The best fully completed trial (ties: the earliest), or None."""
-    best = None
-    for t in trials:
-        if not is_full_complete(t):
-            continue
-        if best is None or (t.value > best.value if maximize else t.value < best.value):
-            best = t
-    return best
+def _sort_key(trial: Any, dirs: list[str]) -> tuple[float | int, ...]:
+    """Smaller is better: each objective in order (signed by its direction), then the number."""
+    signed = [-v if d == "maximize" else v for v, d in zip(trial.values, dirs, strict=False)]
+    return (*signed, trial.number)
+
+
+def best_of(trials: list[Any], dirs: list[str] | bool) -> Any | None:
+    """The best feasible, fully completed trial, or None.
+
+    ``dirs``: the study's directions (:func:`directions`); True/False stands for one maximized
+    or minimized objective. Ties: the other objectives in order, then the earliest.
+    """
+    if isinstance(dirs, bool):
+        dirs = ["maximize" if dirs else "minimize"]
+    candidates = [t for t in trials if is_full_complete(t) and is_feasible(t)]
+    return min(candidates, key=lambda t: _sort_key(t, dirs), default=None)
 
 
 def best_trial(study: Any) -> Any | None:
-    """The study's best fully completed trial (stopped-early trials excluded), or None."""
-    return best_of(study.get_trials(deepcopy=False), maximizes(study))
+    """The study's best feasible, fully completed trial (stopped-early trials excluded), or None."""
+    return best_of(study.get_trials(deepcopy=False), directions(study))
+
+
+def dominates(a: Any, b: Any, dirs: list[str]) -> bool:
+    """``a`` is at least as good as ``b`` on every objective and better on one."""
+    signed_a = [-v if d == "maximize" else v for v, d in zip(a.values, dirs, strict=True)]
+    signed_b = [-v if d == "maximize" else v for v, d in zip(b.values, dirs, strict=True)]
+    return all(x <= y for x, y in zip(signed_a, signed_b, strict=True)) and signed_a != signed_b
+
+
+def pareto_front(study: Any) -> list[Any]:
+    """The Pareto front: feasible, fully completed trials (repeats left out) that no other one
+    dominates, best on the primary objective first. A single-objective study's front is its
+    best trial."""
+    dirs = directions(study)
+    pool = [
+        t
+        for t in study.get_trials(deepcopy=False)
+        if is_full_complete(t) and is_feasible(t) and "repeat_of" not in t.user_attrs
+    ]
+    if len(dirs) == 1:
+        best = best_of(pool, dirs)
+        return [] if best is None else [best]
+    front = [t for t in pool if not any(dominates(o, t, dirs) for o in pool if o is not t)]
+    return sorted(front, key=lambda t: _sort_key(t, dirs))
 
 
 def trial_strategy(trial: Any) -> str | None:
@@ -102,16 +167,19 @@ def duration_s(trial: Any) -> float | None:
 
 
 def state_counts(trials: list[Any]) -> dict[str, int]:
-    """Trials by state: complete, pruned, stopped (early), fail, running (incl. waiting)."""
+    """Trials by state: complete (of which infeasible), pruned, stopped (early), fail, running
+    (incl. waiting)."""
     import optuna
 
     TS = optuna.trial.TrialState
     out = {"trials": len(trials), "complete": 0, "pruned": 0, "stopped": 0, "fail": 0, "running": 0}
+    out["infeasible"] = 0
     for t in trials:
         if is_stopped_early(t):
             out["stopped"] += 1
         elif t.state == TS.COMPLETE:
             out["complete"] += 1
+            out["infeasible"] += not is_feasible(t)
         elif t.state == TS.PRUNED:
             out["pruned"] += 1
         elif t.state == TS.FAIL:
@@ -142,16 +210,18 @@ def study_row(study: Any) -> dict[str, Any]:
     """One study: trials by state, best trial, trial time and compute spent on pruned trials."""
 
     trials = study.get_trials(deepcopy=False)
-    best = best_of(trials, maximizes(study))
+    dirs = directions(study)
+    best = best_of(trials, dirs)
     row: dict[str, Any] = {
         "study": study.study_name,
-        "metric": study.user_attrs.get("metric", "value"),
-        "direction": study.direction.name.lower(),
+        "metric": ", ".join(objective_names(study)),
+        "direction": ", ".join(dirs),
     }
     row.update(state_counts(trials))
     row.update(
         {
-            "best_value": best.value if best else None,
+            "pareto_front": len(pareto_front(study)) if len(dirs) > 1 else None,
+            "best_value": primary_value(best) if best else None,
             "best_trial": best.number if best else None,
             "best_strategy": trial_strategy(best) if best else None,
             "best_params": fmt_params(best) if best else None,
@@ -167,7 +237,8 @@ def strategy_rows(study: Any) -> list[dict[str, Any]]:
     Rows are sorted best first; strategies without a complete trial come last.
     """
 
-    maximize = maximizes(study)
+    dirs = directions(study)
+    maximize = dirs[0] == "maximize"
     groups: dict[str, list[Any]] = {}
     for t in study.get_trials(deepcopy=False):
         s = trial_strategy(t)
@@ -175,14 +246,14 @@ def strategy_rows(study: Any) -> list[dict[str, Any]]:
             groups.setdefault(s, []).append(t)
     rows = []
     for s, trials in groups.items():
-        best = best_of(trials, maximize)
+        best = best_of(trials, dirs)
         full = [d for t in trials if is_full_complete(t) and (d := duration_s(t)) is not None]
         row: dict[str, Any] = {"study": study.study_name, "strategy": s}
         counts = state_counts(trials)
-        row.update({k: counts[k] for k in ("trials", "complete", "pruned", "stopped", "fail")})
+        row.update({k: counts[k] for k in ("trials", "complete", "infeasible", "pruned", "stopped", "fail")})
         row.update(
             {
-                "best_value": best.value if best else None,
+                "best_value": primary_value(best) if best else None,
                 "best_trial": best.number if best else None,
                 "best_params": fmt_params(best) if best else "",
                 # median of full-length trials: what one more trial of this strategy costs
@@ -217,3 +288,17 @@ def fmt_params(trial: Any) -> str:
             else f"{name}={v}"
         )
     return f"{strategy} " + " ".join(parts)
+
+
+def front_rows(study: Any) -> list[dict[str, Any]]:
+    """One row per trial on the study's Pareto front (best on the primary metric first): its
+    objectives' values under their names, strategy, trainable share and parameters."""
+    names = objective_names(study)
+    rows = []
+    for t in pareto_front(study):
+        row: dict[str, Any] = {"study": study.study_name, "trial": t.number, "strategy": trial_strategy(t)}
+        row.update(dict(zip(names, t.values, strict=False)))
+        row["trainable_percent"] = t.user_attrs.get("trainable_percent")
+        row["params"] = fmt_params(t)
+        rows.append(row)
+    return rows

@@ -21,6 +21,8 @@ class SamplerSettings:
 
     seed: int
     startup: int
+    constraints: Callable[[Any], Any] | None = None
+    """Optuna's ``constraints_func`` (tpe, gp, nsga2 take it; None: unconstrained)."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +48,12 @@ def _tpe(s: SamplerSettings) -> Any:
     # Multivariate and grouped: each strategy's conditional sub-space is modelled on its own;
     # constant liar keeps parallel workers from proposing the same point.
     return optuna.samplers.TPESampler(
-        seed=s.seed, n_startup_trials=s.startup, multivariate=True, group=True, constant_liar=True
+        seed=s.seed,
+        n_startup_trials=s.startup,
+        multivariate=True,
+        group=True,
+        constant_liar=True,
+        constraints_func=s.constraints,
     )
 
 
@@ -59,7 +66,17 @@ def _random(s: SamplerSettings) -> Any:
 def _gp(s: SamplerSettings) -> Any:
     import optuna
 
-    return optuna.samplers.GPSampler(seed=s.seed, n_startup_trials=s.startup)
+    return optuna.samplers.GPSampler(seed=s.seed, n_startup_trials=s.startup, constraints_func=s.constraints)
+
+
+def _nsga2(s: SamplerSettings) -> Any:
+    import optuna
+
+    # A generation as large as the random start-up (at least 4): Optuna's default of 50 would
+    # leave a study of 20 trials entirely random.
+    return optuna.samplers.NSGAIISampler(
+        seed=s.seed, population_size=max(4, s.startup), constraints_func=s.constraints
+    )
 
 
 def _qmc(s: SamplerSettings) -> Any:
@@ -73,6 +90,7 @@ SAMPLERS: dict[str, Callable[[SamplerSettings], Any]] = {
     "random": _random,
     "gp": _gp,
     "qmc": _qmc,
+    "nsga2": _nsga2,
 }
 """``sampler.name`` -> builder."""
 

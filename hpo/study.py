@@ -26,6 +26,7 @@ _MUST_MATCH = (
     "budget",
     "training",
     "seed",
+    "constraints",
 )
 
 
@@ -99,15 +100,41 @@ def make_sampler(spec: StudySpec, worker_index: int = 0, n_before: int = 0, salt
         startup = max(3, min(10, spec.budget.n_trials // 3))
     if s.name not in SAMPLERS:
         raise UserError(f"sampler.name: unknown sampler {s.name!r} (known: {', '.join(SAMPLERS)})")
-    return SAMPLERS[s.name](SamplerSettings(seed=seed, startup=startup))
+    constraints = None
+    if spec.constraints:
+        from hpo.config.objectives import ConstraintsFunc
+
+        constraints = ConstraintsFunc(spec.constraints)
+    sampler = SAMPLERS[s.name](SamplerSettings(seed=seed, startup=startup, constraints=constraints))
+    if len(spec.directions) > 1:
+        from hpo.study_view import PrimaryDirectionSampler
+
+        return PrimaryDirectionSampler(sampler, spec.direction)
+    return sampler
 
 
 def make_pruner(spec: StudySpec) -> Any:
-    """The study's pruner (:data:`hpo.samplers.PRUNERS`); resources are evaluation indices."""
+    """The study's pruner (:data:`hpo.samplers.PRUNERS`); resources are evaluation indices.
+
+    A multi-objective study, or ``pruner.compare: strategy``, gets it behind
+    :class:`hpo.study_view.ViewPruner` (the primary metric's direction; one strategy's trials).
+    """
     name = spec.pruner.name
     if name not in PRUNERS:
         raise UserError(f"pruner.name: unknown pruner {name!r} (known: {', '.join(PRUNERS)})")
-    return PRUNERS[name].build(pruner_settings(spec))
+    settings = pruner_settings(spec)
+    pruner = PRUNERS[name].build(settings)
+    if len(spec.directions) > 1 or spec.pruner.compare == "strategy":
+        from hpo.study_view import ViewPruner
+
+        return ViewPruner(
+            pruner,
+            spec.direction,
+            by_strategy=spec.pruner.compare == "strategy",
+            min_resource=settings.min_resource or 1,
+            reduction_factor=settings.reduction_factor or 3,
+        )
+    return pruner
 
 
 def package_versions() -> dict[str, str]:
@@ -167,7 +194,7 @@ def open_study(
         return optuna.create_study(
             study_name=spec.name,
             storage=storage,
-            direction=spec.direction,  # type: ignore[arg-type]
+            directions=spec.directions,  # type: ignore[arg-type]
             sampler=optuna.samplers.RandomSampler(),  # replaced below, once the trials are known
             pruner=make_pruner(spec),
             load_if_exists=load_if_exists,
@@ -187,7 +214,7 @@ def open_study(
     attrs = study.user_attrs if created else written_by_creator(study, n_before)
     stored = attrs.get("hpo_config")
     if stored is None:
-        study.set_metric_names([spec.objective.metric])
+        study.set_metric_names(spec.objectives)
         study.set_user_attr("description", spec.summary())
         study.set_user_attr("metric", spec.objective.metric)
         # absolute: `hpo export` resolves the study's relative data paths against its folder
@@ -204,7 +231,7 @@ def open_study(
         origin = attrs.get("study_file")
         where = f" ({origin})" if origin else ""
         diffs = _differences(stored, current)
-        if study.direction.name.lower() != spec.direction:
+        if [d.name.lower() for d in study.directions] != spec.directions:
             diffs.append("objective.direction")
         if diffs:
             advice = (

@@ -56,6 +56,11 @@ class ObjectiveSpec:
     select: str = "last"
     """Which evaluation of a trial is its value: last (the end of training) or best (the best
     evaluation on the schedule: early stopping; an exported retrain stops at that step)."""
+    metrics: list[str] | None = None
+    """Study files only: several objectives, a task metric first (the primary: pruning and
+    ``select`` use it), then one or two costs (:data:`hpo.config.objectives.COSTS`)."""
+    directions: list[str] | None = None
+    """One per ``metrics`` entry; default each one's natural direction."""
 
     def resolved_direction(self, task: str) -> str:
         """``direction``, else the one the task gives the metric (a loss: minimize)."""
@@ -382,11 +387,15 @@ def default_metric(task: str) -> str:
     return known.default_metric if known is not None else ObjectiveSpec.metric
 
 
-def check_objective(objective: ObjectiveSpec, task: str, err: Err) -> None:
-    """The metric must be one the task reports; the direction maximize, minimize or unset."""
+def check_objective(objective: ObjectiveSpec, task: str, err: Err, *, multi: bool = False) -> None:
+    """The metric must be one the task reports; the direction maximize, minimize or unset.
+    ``multi``: a study file, where ``objective.metrics`` may name several objectives (checked by
+    :func:`hpo.config.objectives.check_objectives` first)."""
     from hpo.tasks import TASKS
 
     metrics = TASKS[task].metric_names
+    if not multi and (objective.metrics is not None or objective.directions is not None):
+        err("objective.metrics: a retraining spec names one metric (objective.metric)")
     if objective.metric not in metrics:
         err(
             f"objective.metric: unknown metric {objective.metric!r} for task {task} (known: {', '.join(metrics)})"

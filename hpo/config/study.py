@@ -35,6 +35,14 @@ from hpo.config.fields import (
     parse_training,
     resolve_model_ref,
 )
+from hpo.config.objectives import (
+    CONSTRAINT_SAMPLERS,
+    Constraint,
+    check_objectives,
+    constraints_dict,
+    objective_names,
+    parse_constraints,
+)
 from hpo.data import DataSpec
 from hpo.samplers import PRUNERS, SAMPLERS
 from hpo.space import SearchSpace, parse_space, resolve_space_path
@@ -61,7 +69,8 @@ class SamplerSpec:
     """Optuna sampler, by name."""
 
     name: str = "tpe"
-    """tpe (multivariate, grouped for the conditional space), random, gp, qmc."""
+    """tpe (multivariate, grouped for the conditional space), random, gp, qmc, nsga2 (NSGA-II,
+    for multi-objective studies)."""
     seed: int | None = None
     """Sampler seed; default the study's seed."""
     n_startup_trials: int | None = None
@@ -79,6 +88,11 @@ class PrunerSpec:
 
     name: str = "hyperband"
     """hyperband, successive-halving, median, percentile, patient, none."""
+    compare: str = "value"
+    """Whom a trial is compared with at a pruning check: ``value``, every trial of the study;
+    ``strategy``, only the trials of its own strategy (so the best few of each strategy reach
+    the next rung however slowly the strategy starts). Multi-objective studies and
+    ``strategy`` use hpo's view of the study (:mod:`hpo.study_view`)."""
     min_resource: int | None = None
     """hyperband / successive-halving: evaluations before a trial can be pruned (default 1)."""
     reduction_factor: int | None = None
@@ -144,6 +158,9 @@ class StudySpec:
     sampler: SamplerSpec = field(default_factory=SamplerSpec)
     pruner: PrunerSpec = field(default_factory=PrunerSpec)
     execution: ExecutionSpec = field(default_factory=ExecutionSpec)
+    constraints: list[Constraint] = field(default_factory=list)
+    """Bounds on what a trial records (``trainable_percent: "<= 1.0"``): a trial that breaks
+    one is infeasible; the sampler steers away from it and it is never best or on the front."""
     training: dict[str, Any] = field(default_factory=dict)
     """Fixed training arguments (same names as the space's shared parameters) plus eval_batch_size."""
     storage: str | None = None
@@ -165,6 +182,16 @@ class StudySpec:
         """maximize or minimize: ``objective.direction``, else the metric's natural one."""
         return self.objective.resolved_direction(self.task)
 
+    @property
+    def objectives(self) -> list[str]:
+        """Every objective's name, the primary metric first (one name: single-objective)."""
+        return objective_names(self.objective)
+
+    @property
+    def directions(self) -> list[str]:
+        """One direction per objective, the primary metric's first."""
+        return list(self.objective.directions) if self.objective.metrics else [self.direction]
+
     def summary(self) -> str:
         """One line for the dashboard and `hpo studies`."""
         if self.description:
@@ -173,7 +200,8 @@ class StudySpec:
 
         return (
             f"{self.task}: {self.model} on {describe_source(self.data)}; space {self.space_ref} "
-            f"({', '.join(self.space.strategies)}); {self.direction} {self.objective.metric}"
+            f"({', '.join(self.space.strategies)}); "
+            + ", ".join(f"{d} {m}" for m, d in zip(self.objectives, self.directions, strict=True))
         )
 
 
@@ -270,7 +298,20 @@ def parse_study(raw: dict[str, Any], path: Path, *, read_data: bool = False) -> 
     pruner = parse_section(PrunerSpec, raw.get("pruner"), "pruner", err)
     execution = parse_section(ExecutionSpec, raw.get("execution"), "execution", err)
     evaluation = parse_section(EvaluationSpec, raw.get("evaluation"), "evaluation", err)
-    check_objective(objective, task, err)
+    from hpo.tasks import TASKS
+
+    known_task = TASKS.get(task)
+    task_metrics = known_task.metric_names if known_task else ()
+    natural = {m: known_task.direction(m) for m in task_metrics} if known_task else {}
+    check_objectives(objective, raw.get("objective"), task_metrics, natural, err)
+    if objective.metrics is None or objective.metric == objective.metrics[0]:
+        check_objective(objective, task, err, multi=True)
+    constraints = parse_constraints(raw.get("constraints"), task_metrics, err)
+    if constraints and sampler.name not in CONSTRAINT_SAMPLERS:
+        err(
+            f"constraints: sampler {sampler.name!r} cannot steer away from infeasible trials "
+            f"(use sampler.name {', '.join(CONSTRAINT_SAMPLERS)})"
+        )
     check_evaluation(evaluation, objective, err)
     check_task(task, task_options, objective.metric, model_config, err)
     _check_budget(budget, err)
@@ -309,6 +350,7 @@ def parse_study(raw: dict[str, Any], path: Path, *, read_data: bool = False) -> 
         sampler=sampler,
         pruner=pruner,
         execution=execution,
+        constraints=constraints,
         training=training,
         storage=storage,
         seed=seed,
@@ -341,9 +383,13 @@ def _check_pruner(pruner: PrunerSpec, err: Err) -> None:
         err(f"pruner.name: unknown pruner {pruner.name!r} (known: {', '.join(PRUNERS)})")
         return
     allowed = PRUNERS[pruner.name].options
+    if pruner.compare not in ("value", "strategy"):
+        err(f"pruner.compare: expected value or strategy, got {pruner.compare!r}")
+    elif pruner.compare == "strategy" and pruner.name in ("none", "patient"):
+        err(f"pruner.compare: strategy needs a pruner that compares trials, not {pruner.name!r}")
     for f in dataclasses.fields(PrunerSpec):
         v = getattr(pruner, f.name)
-        if f.name != "name" and v is not None:
+        if f.name not in ("name", "compare") and v is not None:
             if f.name not in allowed:
                 err(
                     f"pruner.{f.name}: not an option of pruner {pruner.name!r} (its options: {', '.join(allowed) or 'none'})"
@@ -421,4 +467,8 @@ def study_as_dict(spec: StudySpec) -> dict[str, Any]:
         out["evaluation"] = evaluation_dict(spec.evaluation)
     if spec.task_options:  # only when set, so studies stored before task options still match
         out["task_options"] = dict(spec.task_options)
+    if spec.objective.metrics:  # the same rule: single-objective studies keep their stored form
+        out["objective"].update(metrics=spec.objectives, directions=spec.directions)
+    if spec.constraints:
+        out["constraints"] = constraints_dict(spec.constraints)
     return out

@@ -349,6 +349,11 @@ def run_ray(
     from hpo.storage import redact
     from hpo.study import max_evaluations
 
+    if len(spec.directions) > 1 or spec.pruner.compare == "strategy":
+        # ASHA ranks one metric over every trial; hpo's pruning view (hpo.study_view) runs in
+        # the Optuna driver only.
+        what = "a multi-objective study" if len(spec.directions) > 1 else "pruner.compare: strategy"
+        raise UserError(f"{spec.path}: --backend ray cannot run {what}; use --backend optuna")
     try:
         import ray
         from ray import tune

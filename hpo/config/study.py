@@ -190,7 +190,9 @@ class StudySpec:
     @property
     def directions(self) -> list[str]:
         """One direction per objective, the primary metric's first."""
-        return list(self.objective.directions) if self.objective.metrics else [self.direction]
+        if self.objective.metrics and self.objective.directions:
+            return list(self.objective.directions)
+        return [self.direction]
 
     def summary(self) -> str:
         """One line for the dashboard and `hpo studies`."""
@@ -452,7 +454,7 @@ def load_space_file(path: str | Path, model_config: dict[str, Any] | None = None
 
 def study_as_dict(spec: StudySpec) -> dict[str, Any]:
     """The resolved study as plain data: stored on the study so later workers can compare."""
-    out = {
+    out: dict[str, Any] = {
         "name": spec.name,
         "task": spec.task,
         "model": spec.model,
@@ -468,7 +470,7 @@ def study_as_dict(spec: StudySpec) -> dict[str, Any]:
     if spec.task_options:  # only when set, so studies stored before task options still match
         out["task_options"] = dict(spec.task_options)
     if spec.objective.metrics:  # the same rule: single-objective studies keep their stored form
-        out["objective"].update(metrics=spec.objectives, directions=spec.directions)
+        out["objective"] = {**out["objective"], "metrics": spec.objectives, "directions": spec.directions}
     if spec.constraints:
         out["constraints"] = constraints_dict(spec.constraints)
     return out

@@ -169,7 +169,7 @@ def _retries_to_run(
 
 def optimize_loop(
     study: Any,
-    objective: Callable[[Any], float],
+    objective: Callable[[Any], float | list[float]],
     *,
     n_trials: int | None = None,
     timeout: float | None = None,
@@ -212,7 +212,7 @@ def optimize_loop(
     guard = _Interrupts()
     current = _Current()
 
-    def wrapped(trial: Any) -> float:
+    def wrapped(trial: Any) -> float | list[float]:
         current.trial_id, current.number = trial._trial_id, trial.number
         attrs = trial.storage.get_trial_system_attrs(trial._trial_id)
         current.retry = "failed_trial" in attrs

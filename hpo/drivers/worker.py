@@ -89,8 +89,8 @@ def run_worker(
 
 
 def _with_threads(
-    objective: Callable[[Any], float], threads: int | str, say: Callable[[str], None] | None
-) -> Callable[[Any], float]:
+    objective: Callable[[Any], float | list[float]], threads: int | str, say: Callable[[str], None] | None
+) -> Callable[[Any], float | list[float]]:
     """``objective`` that first sets torch's intra-op threads (``"auto"``: decided per trial)."""
     import torch
 
@@ -99,7 +99,7 @@ def _with_threads(
     explicit = None if threads == "auto" else int(threads)
     shown: list[tuple[int, str]] = []
 
-    def run(trial: Any) -> float:
+    def run(trial: Any) -> float | list[float]:
         n, why = joining_worker_threads(explicit)
         if torch.get_num_threads() != n:
             torch.set_num_threads(n)

@@ -87,6 +87,10 @@ def values_text(trial: Any, names: str | list[str]) -> str:
 def trial_line(trial: Any, metric: str | list[str]) -> str:
     """One finished trial: number, state, value(s), seconds, parameters, retry/repeat notes, reason."""
     value = f" {values_text(trial, metric)}" if trial.values else ""
+    if not trial.values and trial.intermediate_values:  # pruned in a multi-objective study
+        step = max(trial.intermediate_values)
+        first = metric if isinstance(metric, str) else metric[0]
+        value = f" {first}={trial.intermediate_values[step]:.4f} (evaluation {step})"
     value += " (infeasible)" if trial.user_attrs.get("feasible") is False else ""
     reason = (
         f" ({trial.user_attrs['fail_reason']})"
@@ -140,7 +144,12 @@ class ProgressPrinter:
 def print_summary(study: Any) -> None:
     """Trials by state, the best trial and a per-strategy table, after a run."""
     counts = state_counts(study.get_trials(deepcopy=False))
-    states = ", ".join(f"{k.upper()} {v}" for k, v in sorted(counts.items()) if k != "trials" and v)
+    states = ", ".join(
+        f"{k.upper()} {v}"
+        + (f" ({counts['infeasible']} infeasible)" if k == "complete" and counts["infeasible"] else "")
+        for k, v in sorted(counts.items())
+        if k not in ("trials", "infeasible") and v
+    )
     print(f"\nstudy {study.study_name!r}: {counts['trials']} trials ({states})")
     best = best_trial(study)  # stopped-early (Ray ASHA) trials never count as best
     names = objective_names(study)
@@ -152,10 +161,11 @@ def print_summary(study: Any) -> None:
         for t in front:
             print(f"  trial {t.number:>3} {values_text(t, names)}  {fmt_params(t)}")
     rows = strategy_rows(study)
-    columns = ["strategy", "trials", "complete", "pruned", "stopped", "fail"]
+    columns = ["strategy", "trials", "complete", "infeasible", "pruned", "stopped", "fail"]
     columns += ["best_value", "best_trial", "best_params"]
-    if not any(r["stopped"] for r in rows):
-        columns.remove("stopped")
+    for optional in ("stopped", "infeasible"):  # shown where a study has them
+        if not any(r[optional] for r in rows):
+            columns.remove(optional)
     print("\nper strategy:")
     print(format_table(rows, columns))
 

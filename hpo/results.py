@@ -297,7 +297,10 @@ def front_rows(study: Any) -> list[dict[str, Any]]:
     rows = []
     for t in pareto_front(study):
         row: dict[str, Any] = {"study": study.study_name, "trial": t.number, "strategy": trial_strategy(t)}
-        row.update(dict(zip(names, t.values, strict=False)))
+        # counts stay whole numbers (Optuna stores every value as a float)
+        row.update(
+            {n: int(v) if n == "trainable_params" else v for n, v in zip(names, t.values, strict=False)}
+        )
         row["trainable_percent"] = t.user_attrs.get("trainable_percent")
         row["params"] = fmt_params(t)
         rows.append(row)

@@ -192,25 +192,23 @@ def for_trial(spec: StudySpec, key: str, number: int) -> TrialCheckpoint:
     return TrialCheckpoint(study_folder(spec) / key, f"trial {number}")
 
 
-def prune_orphans(spec: StudySpec, keep: set[str]) -> list[str]:
-    """Delete the study's checkpoint folders whose trial series no trial will resume.
+def prune_orphans(spec: StudySpec, unused: set[str]) -> list[str]:
+    """Delete the study's checkpoint folders that no trial will resume.
 
     Args:
         spec: the study.
-        keep: keys of RUNNING and WAITING trials (those may still resume).
+        unused: keys of the study's trial series none of whose trials is RUNNING or WAITING.
 
     Returns:
         The keys deleted.
     """
     folder = study_folder(spec)
-    if not folder.is_dir():
-        return []
     gone = []
-    for entry in folder.iterdir():
-        if entry.is_dir() and entry.name not in keep:
-            shutil.rmtree(entry, ignore_errors=True)
-            gone.append(entry.name)
-    return sorted(gone)
+    for key in sorted(unused):
+        if (folder / key).is_dir():
+            shutil.rmtree(folder / key, ignore_errors=True)
+            gone.append(key)
+    return gone
 
 
 def folder_bytes(folder: Path) -> int:

@@ -208,3 +208,30 @@ def test_a_killed_or_interrupted_trial_resumes_from_its_checkpoint(
     assert retry.value == uninterrupted.value
     assert abs(retry.user_attrs["val_loss"] - uninterrupted.user_attrs["val_loss"]) < 1e-5
     assert not (ckpt_root / "tiny" / key).exists()  # deleted once the trial finished
+
+
+def test_hpo_run_deletes_only_this_studys_checkpoints_that_no_trial_resumes(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    from hpo.drivers.setup import drop_unused_checkpoints
+    from hpo.storage import open_storage
+    from hpo.study import open_study
+
+    spec = load_study(_study(tmp_path, tiny_model_dir))
+    study = open_study(spec, open_storage(f"sqlite:///{tmp_path / 'hpo.db'}"))
+    dist = {"strategy": optuna.distributions.CategoricalDistribution(["lora"])}
+    for key, state in (("done", TS.COMPLETE), ("queued", TS.WAITING), ("failed", TS.FAIL)):
+        study.add_trial(
+            optuna.create_trial(
+                state=state,
+                params={"strategy": "lora"},
+                distributions=dist,
+                value=0.5 if state == TS.COMPLETE else None,
+                system_attrs={CHECKPOINT_ATTR: key},
+            )
+        )
+    folder = study_folder(spec)
+    for key in ("done", "queued", "failed", "another-databases-trial"):
+        (folder / key / "step-3").mkdir(parents=True)
+    drop_unused_checkpoints(spec, study)
+    assert sorted(p.name for p in folder.iterdir()) == ["another-databases-trial", "queued"]

@@ -127,9 +127,12 @@ def drop_unused_checkpoints(spec: StudySpec, study: Any) -> None:
 
     from hpo.checkpoints import CHECKPOINT_ATTR, prune_orphans
 
-    states = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
-    keep = {
-        str(t.system_attrs.get(CHECKPOINT_ATTR))
-        for t in study._storage.get_all_trials(study._study_id, deepcopy=False, states=states)
-    }
-    prune_orphans(spec, keep)
+    alive = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+    keys: dict[str, bool] = {}  # this study's checkpoint keys -> may a trial still resume it
+    for t in study._storage.get_all_trials(study._study_id, deepcopy=False):
+        key = t.system_attrs.get(CHECKPOINT_ATTR)
+        if key:
+            keys[str(key)] = keys.get(str(key), False) or t.state in alive
+    # Only this study's own folders: another storage may hold a study of the same name whose
+    # checkpoints share the folder (the default one is per user, not per database).
+    prune_orphans(spec, {k for k, resumable in keys.items() if not resumable})

@@ -100,7 +100,7 @@ def prepare(spec: StudySpec, need_test: bool = False, worker: str | None = None)
 
 def task_options(spec: StudySpec) -> dict[str, Any]:
     """The task's options: its defaults, with what the study file sets."""
-    return {**get_task(spec.task).options, **spec.task_options}
+    return get_task(spec.task).resolved_options(spec.task_options)
 
 
 def sorted_by_length(ds: Any) -> Any:

@@ -33,6 +33,7 @@ from typing import Any
 
 from hpo.config import RetrainSpec, load_retrain_spec
 from hpo.errors import UserError, disk_full
+from hpo.strategies.prompt import trim_prompt_outputs  # hooks are not saved with an adapter
 from hpo.tasks import get_task
 
 MODEL_INFO = "hpo_model.json"
@@ -242,7 +243,7 @@ def load_trained(folder: str | Path, base_model: str | None = None) -> tuple[Any
     elif info["format"] == "peft":
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(task.load_model(base, labels), str(folder))
+        model = trim_prompt_outputs(PeftModel.from_pretrained(task.load_model(base, labels), str(folder)))
     elif info["format"] == "state_dict":
         from safetensors.torch import load_model
 

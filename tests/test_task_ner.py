@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -9,11 +10,14 @@ import warnings
 from collections import Counter
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from hpo.data import DataError, read_conll
+from hpo.data import DataError, DataSpec, load_data, read_conll
+from hpo.tasks import get_task
 from hpo.tasks import token_classification as tc
 
 WNUT = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "wnut17"
@@ -23,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_task_modules_import_no_heavy_package() -> None:
     # The registry will import both modules; hpo validate must stay free of torch/transformers.
     code = (
-        "import sys, hpo.tasks.token_classification, hpo.tasks.question_answering; "
+        "import sys, hpo.tasks; "
         "print(sorted(m for m in ('torch', 'transformers', 'seqeval', 'datasets', 'sklearn') if m in sys.modules))"
     )
     out = subprocess.run(
@@ -367,3 +371,104 @@ def test_compute_metrics_without_entities_is_zero_and_quiet() -> None:
 def test_compute_metrics_rejects_shape_mismatch() -> None:
     with pytest.raises(ValueError, match="differ in shape"):
         tc.compute_metrics(np.zeros((2, 3), dtype=int), np.zeros((2, 4), dtype=int), NAMES)
+
+
+# ---------------------------------------------------------------------------------------
+# The token-classification task: data roles, tag set, carving
+
+
+def _ner_spec(source: Path | str, **keys: object) -> DataSpec:
+    return DataSpec(source=str(source), task="token-classification", **keys)  # type: ignore[arg-type]
+
+
+def test_task_reads_wnut17_by_its_file_names_with_tags_as_ids() -> None:
+    if not (WNUT / "emerging.test.annotated").is_file():
+        pytest.skip(f"{WNUT} not present")
+    spec = _ner_spec(
+        WNUT,
+        format="conll",
+        train="wnut17train.conll",
+        validation="emerging.dev.conll",
+        test="emerging.test.annotated",
+    )
+    data = load_data(spec, need_test=True)
+    assert data.label_names == WNUT_TAGS  # O first: id 0
+    assert data.test is not None
+    assert (len(data.train), len(data.validation), len(data.test)) == (3394, 1009, 1287)
+    assert data.sources["test"] == "emerging.test.annotated"
+    first = data.train.iloc[0]
+    assert len(first["tokens"]) == len(first["tags"]) and all(isinstance(t, int) for t in first["tags"])
+    # train_limit keeps the share of sentences with an entity (1,228 of 3,394: 36%)
+    limited = load_data(_ner_spec(WNUT, format="conll", train="wnut17train.conll", train_limit=500))
+    with_entity = sum(any(t != 0 for t in tags) for tags in limited.train["tags"])
+    assert len(limited.train) == 500 and round(with_entity / 500, 2) == round(1228 / 3394 * 1, 2)
+
+
+def test_task_reads_tokens_and_tags_columns_of_a_json_table(tmp_path: Path) -> None:
+    rows = [
+        {"words": ["Ada", "met", "Bob"], "ner": ["B-PER", "O", "B-PER"]},
+        {"words": ["in", "Oslo"], "ner": ["O", "B-LOC"]},
+        {"words": ["hi"], "ner": ["O"]},
+    ]
+    (tmp_path / "train.json").write_text(json.dumps(rows * 4))
+    (tmp_path / "dev.json").write_text(json.dumps(rows[:2]))
+    data = load_data(_ner_spec(tmp_path, columns={"tokens": "words", "tags": "ner"}))
+    assert data.label_names == ["O", "B-LOC", "B-PER"]
+    assert data.validation["tags"].tolist() == [[2, 0, 2], [0, 1]]
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ([{"tokens": ["a", "b"], "tags": ["O"]}], r"t.json: row 0: 2 words in 'tokens' but 1 tags in 'tags'"),
+        (
+            [{"tokens": "a b", "tags": ["O", "O"]}],
+            r"row 0: column 'tokens': expected a list of words, got 'a b'",
+        ),
+        (
+            [{"tokens": ["a", ""], "tags": ["O", "O"]}],
+            r"row 0: column 'tokens', word 1: expected a non-empty",
+        ),
+        (
+            [{"tokens": ["a"], "tags": [None]}],
+            r"row 0: column 'tags', tag 0: expected a tag string or an integer",
+        ),
+        (
+            [{"tokens": ["a"], "tags": [1]}, {"tokens": ["b"], "tags": [0]}],
+            r"integer tags but the data names none",
+        ),
+        ([{"tokens": ["a"], "tags": ["O"]}], r"has a single tag \('O'\); need at least 2"),
+        ([{"text": ["a"], "tags": ["O"]}], r"column 'tokens' not found \(columns: text, tags\)"),
+    ],
+)
+def test_task_rejects_bad_rows_naming_file_row_and_column(
+    tmp_path: Path, rows: list[Any], message: str
+) -> None:
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(rows))
+    with pytest.raises(DataError, match=message):
+        load_data(_ner_spec(path))
+
+
+def test_task_rejects_a_tag_train_does_not_have(tmp_path: Path) -> None:
+    (tmp_path / "train.conll").write_text("Ada\tB-PER\nran\tO\n\nBob\tB-PER\n")
+    (tmp_path / "test.conll").write_text("Ada\tB-PER\n")
+    (tmp_path / "dev.conll").write_text("Oslo\tB-LOC\n")
+    with pytest.raises(
+        DataError, match=r"dev.conll: sentence 1, token 1: tag 'B-LOC' does not occur in the training"
+    ):
+        load_data(_ner_spec(tmp_path))
+
+
+def test_task_names_integer_tags_with_the_sources_class_names() -> None:
+    task = get_task("token-classification")
+    frame = task.normalize(
+        pd.DataFrame({"tokens": [["a", "b"]], "tags": [np.array([0, 2])]}),
+        {"tokens": "tokens", "tags": "tags"},
+        "hub",
+    )
+    vocab = task.vocabulary(frame, {"tokens": "tokens", "tags": "tags"}, "hub", ["O", "B-x", "I-x"])
+    assert vocab.names == ["O", "B-x", "I-x"] and vocab.keys == ["0", "1", "2"]
+    assert task.apply_vocabulary(frame, vocab, {}, "hub")["tags"].tolist() == [[0, 2]]
+    assert task.default_metric == "f1" and task.direction("loss") == "minimize"
+    assert task.chart_metrics == (("f1", "precision", "recall", "accuracy"), True)

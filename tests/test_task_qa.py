@@ -11,7 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from hpo.data import DataError, read_squad_json
+from hpo.data import DataError, DataSpec, load_data, read_squad_json
+from hpo.tasks import get_task
+from hpo.tasks import qa_windows as qw
 from hpo.tasks import question_answering as qa
 
 SQUAD = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "squad"
@@ -266,7 +268,7 @@ def test_prepare_train_features_labels_the_window_that_holds_the_whole_answer(mi
     tok = minilm_tokenizer
     assert [len(tok.tokenize(q)) for q in QUESTIONS] == [8, 8]
     assert len(tok.tokenize(CONTEXT)) == 81
-    feats = qa.prepare_train_features(
+    feats = qw.prepare_train_features(
         QUESTIONS, [CONTEXT, CONTEXT], ANSWERS, tok, max_length=48, doc_stride=16
     )
     assert set(feats) == {"input_ids", "attention_mask", "token_type_ids", "start_positions", "end_positions"}
@@ -298,7 +300,7 @@ def test_prepare_train_features_labels_the_window_that_holds_the_whole_answer(mi
 
 
 def test_prepare_eval_features_ids_and_context_offsets(minilm_tokenizer, tmp_path: Path) -> None:
-    feats = qa.prepare_eval_features(IDS, QUESTIONS, [CONTEXT, CONTEXT], minilm_tokenizer, 48, 16)
+    feats = qw.prepare_eval_features(IDS, QUESTIONS, [CONTEXT, CONTEXT], minilm_tokenizer, 48, 16)
     assert set(feats) == {"input_ids", "attention_mask", "token_type_ids", "example_id", "offset_mapping"}
     assert feats["example_id"] == ["clock"] * 4 + ["curie"] * 4
     offsets = feats["offset_mapping"][3]
@@ -307,7 +309,7 @@ def test_prepare_eval_features_ids_and_context_offsets(minilm_tokenizer, tmp_pat
     s, e = EXPECTED_POSITIONS[3]
     assert CONTEXT[offsets[s][0] : offsets[e][1]] == "a clock that has stopped"
     # With answers, the positions for an evaluation loss are the training ones.
-    with_answers = qa.prepare_eval_features(
+    with_answers = qw.prepare_eval_features(
         IDS, QUESTIONS, [CONTEXT, CONTEXT], minilm_tokenizer, 48, 16, ANSWERS
     )
     assert (
@@ -328,11 +330,11 @@ def test_windows_reject_a_question_that_leaves_no_room_beyond_the_stride(minilm_
         DataError,
         match=r"^question 1 has 8 tokens, which leaves 37 context tokens per window at max_length 48; that must be more than doc_stride 37",
     ):
-        qa.prepare_eval_features(IDS, ["Why?", QUESTIONS[1]], [CONTEXT, CONTEXT], minilm_tokenizer, 48, 37)
+        qw.prepare_eval_features(IDS, ["Why?", QUESTIONS[1]], [CONTEXT, CONTEXT], minilm_tokenizer, 48, 37)
     with pytest.raises(DataError, match=r"leaves -2 context tokens"):
-        qa.prepare_train_features([QUESTIONS[0]], [CONTEXT], ANSWERS[:1], minilm_tokenizer, 9, 0)
+        qw.prepare_train_features([QUESTIONS[0]], [CONTEXT], ANSWERS[:1], minilm_tokenizer, 9, 0)
     with pytest.raises(ValueError, match="doc_stride must be >= 0 and < max_length"):
-        qa.prepare_train_features([QUESTIONS[0]], [CONTEXT], ANSWERS[:1], minilm_tokenizer, 48, 48)
+        qw.prepare_train_features([QUESTIONS[0]], [CONTEXT], ANSWERS[:1], minilm_tokenizer, 48, 48)
 
 
 # ---------------------------------------------------------------------------------------
@@ -351,7 +353,7 @@ def _logits(feats: dict[str, list[Any]], width: int = 60) -> tuple[np.ndarray, n
 
 
 def test_postprocess_picks_the_best_valid_span_over_all_windows(minilm_tokenizer, tmp_path: Path) -> None:
-    feats = qa.prepare_eval_features(IDS, QUESTIONS, [CONTEXT, CONTEXT], minilm_tokenizer, 48, 16)
+    feats = qw.prepare_eval_features(IDS, QUESTIONS, [CONTEXT, CONTEXT], minilm_tokenizer, 48, 16)
     start, end = _logits(feats)
     # clock: the answer in window 3, score 4 + 3 = 7.
     start[3, 22], end[3, 26] = 4.0, 3.0
@@ -363,30 +365,30 @@ def test_postprocess_picks_the_best_valid_span_over_all_windows(minilm_tokenizer
     # 4 + 9 = 13 from "marie" to "stopped" (17 tokens), too long at max_answer_length 8.
     start[6, 31], end[6, 33] = 5.0, 5.0
     start[7, 10], end[7, 12], end[7, 26] = 4.0, 4.0, 9.0
-    got = qa.postprocess(IDS, [CONTEXT, CONTEXT], feats, start, end, n_best=20, max_answer_length=8)
+    got = qw.postprocess(IDS, [CONTEXT, CONTEXT], feats, start, end, n_best=20, max_answer_length=8)
     assert got == {"clock": "a clock that has stopped", "curie": "Marie Curie"}
     # Without the length limit the 17-token span wins.
-    longer = qa.postprocess(IDS, [CONTEXT, CONTEXT], feats, start, end, max_answer_length=30)
+    longer = qw.postprocess(IDS, [CONTEXT, CONTEXT], feats, start, end, max_answer_length=30)
     assert longer["curie"] == "Marie Curie, painted by a local artist, next to a clock that has stopped"
     # The features as a datasets.Dataset read back from disk give the same answers.
     import datasets
 
     datasets.Dataset.from_dict(feats).save_to_disk(str(tmp_path / "ds"))
     back = datasets.load_from_disk(str(tmp_path / "ds"))
-    assert qa.postprocess(IDS, [CONTEXT, CONTEXT], back, start, end, max_answer_length=8) == got
+    assert qw.postprocess(IDS, [CONTEXT, CONTEXT], back, start, end, max_answer_length=8) == got
 
 
 def test_postprocess_empty_answer_when_no_candidate_is_valid(minilm_tokenizer) -> None:
-    feats = qa.prepare_eval_features(["x"], ["Why?"], ["Ada wrote notes."], minilm_tokenizer, 48, 16)
+    feats = qw.prepare_eval_features(["x"], ["Why?"], ["Ada wrote notes."], minilm_tokenizer, 48, 16)
     # [CLS] why ? [SEP] ada wrote notes . [SEP]: context tokens 4-7.
     start, end = _logits(feats)
     start[0, 7], end[0, 4], end[0, 7] = 3.0, 3.0, 1.0
     # n_best=1 tries start 7 with end 4 only: wrong order, no candidate.
-    assert qa.postprocess(["x"], ["Ada wrote notes."], feats, start, end, n_best=1) == {"x": ""}
+    assert qw.postprocess(["x"], ["Ada wrote notes."], feats, start, end, n_best=1) == {"x": ""}
     # n_best=2 also tries end 7: the one-token span "." (3 + 1).
-    assert qa.postprocess(["x"], ["Ada wrote notes."], feats, start, end, n_best=2) == {"x": "."}
+    assert qw.postprocess(["x"], ["Ada wrote notes."], feats, start, end, n_best=2) == {"x": "."}
     with pytest.raises(ValueError, match="1 windows but logits of shape"):
-        qa.postprocess(["x"], ["Ada wrote notes."], feats, start[:0], end[:0])
+        qw.postprocess(["x"], ["Ada wrote notes."], feats, start[:0], end[:0])
 
 
 # ---------------------------------------------------------------------------------------
@@ -435,3 +437,98 @@ def test_squad_metrics_are_fractions_and_missing_predictions_score_zero() -> Non
     }
     with pytest.raises(ValueError, match="no reference answers"):
         qa.squad_metrics({}, {})
+
+
+# ---------------------------------------------------------------------------------------
+# The question-answering task: data roles, carving by article, options, evaluation
+
+
+def _qa_spec(source: Path | str, **keys: Any) -> DataSpec:
+    return DataSpec(source=str(source), task="question-answering", **keys)
+
+
+def test_task_carves_the_squad_test_split_by_article() -> None:
+    if not (SQUAD / "train.json").is_file():
+        pytest.skip(f"{SQUAD} not present")
+    spec = _qa_spec(SQUAD, train="train.json", validation="validation.json", validation_limit=300)
+    data = load_data(spec, need_test=True)
+    assert data.test is not None and data.label_names == []
+    # 10% of train.json's 4,961 questions in 24 articles: 2 whole articles, unseen in training.
+    assert data.test["title"].nunique() == 2 and not set(data.test["title"]) & set(data.train["title"])
+    assert len(data.train) + len(data.test) == 4961 and len(data.validation) == 300
+    assert list(data.train.columns) == ["id", "title", "question", "context", "answers"]
+    assert data.sources["test"].startswith("carved from train.json (10%)")
+
+
+def test_task_reads_flat_rows_and_keeps_a_contexts_questions_together(tmp_path: Path) -> None:
+    rows = []
+    for c in range(12):
+        context = f"Paragraph {c} says the answer is {c * 7}."
+        for q in range(3):
+            rows.append(
+                {
+                    "q": f"What is answer {c}.{q}?",
+                    "context": context,
+                    "answers": {"text": [str(c * 7)], "answer_start": [context.index(str(c * 7), 12)]},
+                }
+            )
+    path = tmp_path / "rows.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    data = load_data(
+        _qa_spec(path, columns={"question": "q"}, validation_size=0.25, test_size=0.25), need_test=True
+    )
+    assert data.test is not None
+    splits = [data.train, data.validation, data.test]
+    # No id or title column: ids are row numbers; a context's three questions stay together.
+    assert all(len(s) % 3 == 0 for s in splits) and sum(map(len, splits)) == 36
+    assert not set(data.train["context"]) & (set(data.validation["context"]) | set(data.test["context"]))
+    assert set(data.train["id"]) <= {str(i) for i in range(36)}
+    # A named column that is missing is an error, unlike an absent default.
+    with pytest.raises(DataError, match=r"rows.jsonl: column 'qid' not found"):
+        load_data(_qa_spec(path, columns={"question": "q", "id": "qid"}))
+
+
+def test_task_options_are_range_checked() -> None:
+    task = get_task("question-answering")
+    assert task.option_problems({}, "f1", 128) == []
+    assert task.option_problems({"doc_stride": 64}, "f1", 128) == [
+        "task.doc_stride: must be below half of data.max_length (128) so that each window holds the "
+        "question and new context, got 64"
+    ]
+    assert task.option_problems({"n_best": 0, "max_answer_length": -1}, "f1", 128) == [
+        "task.n_best: expected an integer >= 1, got 0",
+        "task.max_answer_length: expected an integer >= 1, got -1",
+    ]
+
+
+def test_task_evaluator_answers_each_question_from_the_best_of_its_windows(minilm_tokenizer) -> None:
+    from types import SimpleNamespace
+
+    import datasets
+
+    task = get_task("question-answering")
+    frame = task.normalize(
+        pd.DataFrame({"id": IDS, "question": QUESTIONS, "context": [CONTEXT, CONTEXT], "answers": ANSWERS}),
+        task.columns({}),
+        "t",
+    )
+    options = task.resolved_options({"doc_stride": 16, "max_answer_length": 8})
+    windows = datasets.Dataset.from_dict(task.encode(frame, minilm_tokenizer, 48, [], options, "validation"))
+    assert len(windows) == 8 and set(windows["example_id"]) == set(IDS)
+    ctx = SimpleNamespace(
+        data=SimpleNamespace(validation=frame),
+        datasets={"validation": windows},
+        spec=SimpleNamespace(task_options={"doc_stride": 16, "max_answer_length": 8}),
+    )
+    start, end = _logits(windows.to_dict())
+    start[3, 22], end[3, 26] = 4.0, 3.0  # clock: its answer, in the last of its 4 windows
+    start[6, 31], end[6, 33] = 5.0, 5.0  # curie: "Marie Curie", one of its references
+    scores = task.evaluator(ctx, "validation").compute_metrics(SimpleNamespace(predictions=(start, end)))
+    assert scores == {"exact_match": 1.0, "f1": 1.0}
+    start[6, 31] = -5.0  # curie now answers from another span of window 2
+    assert (
+        task.evaluator(ctx, "validation").compute_metrics(SimpleNamespace(predictions=(start, end)))[
+            "exact_match"
+        ]
+        == 0.5
+    )

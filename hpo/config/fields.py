@@ -407,14 +407,20 @@ def check_objective(objective: ObjectiveSpec, task: str, err: Err, *, multi: boo
 
 
 def check_task(
-    task: str, options: dict[str, Any], metric: str, model_config: dict[str, Any] | None, err: Err
+    task: str,
+    options: dict[str, Any],
+    metric: str,
+    model_config: dict[str, Any] | None,
+    err: Err,
+    max_length: Any = None,
 ) -> None:
-    """The task's own checks: its option values (and the objective metric they allow), and
-    whether it runs on the model (``Task.check_options``, ``Task.check_model``)."""
+    """The task's own checks: its option values (and the objective metric and
+    ``data.max_length`` they must fit), and whether it runs on the model
+    (``Task.check_options``, ``Task.check_model``)."""
     from hpo.tasks import TASKS
 
     known = TASKS[task]
-    for msg in known.check_options({**known.options, **options}, metric):
+    for msg in known.option_problems(options, metric, max_length):
         err(msg)
     for msg in known.check_model(model_config):
         err(f"model: {msg}")

@@ -45,7 +45,9 @@ def carve(
     Files such as SST-2's train.tsv repeat some texts (371 of 67,349 rows); splitting rows
     would put copies of one text in both train and the carved test. Unique keys are split
     (stratified by the task's ``stratify`` value of their first row) and every row follows
-    its key, so the taken side can be a few rows larger than ``n_take``.
+    its key, so the taken side can be a few rows larger than ``n_take``. A task with
+    :attr:`~hpo.tasks.Task.large_groups` (QA: one article's questions) takes the same share of
+    groups instead, so the taken side holds about ``n_take`` rows.
     """
     stratify, key = task.stratify(df), task.group(df)
     if key is None:
@@ -54,9 +56,19 @@ def carve(
     if bool(first.all()):
         return _split_off(df, n_take, seed, what, stratify)
     n_unique = int(first.sum())
-    if n_take >= n_unique:
+    n_keys = n_take
+    if task.large_groups:
+        # One article holds dozens of questions: take the share of articles that the rows
+        # asked for are of all rows (10% of 4,961 SQuAD questions in 24 articles: 2 articles).
+        n_keys = max(1, round(n_take * n_unique / len(df)))
+        if n_keys >= n_unique:
+            raise DataError(
+                f"{what}: cannot carve {n_take} of {len(df)} rows by group: only {n_unique} groups "
+                "(articles or contexts), and a group's rows stay on one side"
+            )
+    elif n_take >= n_unique:
         raise DataError(f"{what}: cannot carve {n_take} rows: only {n_unique} distinct texts")
-    _, taken_unique = _split_off(df[first], n_take, seed, what, stratify)
+    _, taken_unique = _split_off(df[first], n_keys, seed, what, stratify)
     taken = key.isin(set(key.loc[taken_unique.index]))
     return df[~taken], df[taken]
 

@@ -22,7 +22,9 @@ applies, from the base model's config.json:
   ``generate()`` gets both PEFT's ``past_key_values`` and its own ``cache`` and ignores the
   first, so greedy outputs (and ROUGE) ignore the prefix: refused too.
 
-Trainable: the prompt (or prefix) embeddings and, except for causal LM, the task head.
+Trainable: the prompt (or prefix) embeddings and, except for causal LM, the task head. A
+per-token head (token classification, QA) reads the text's positions only
+(:func:`trim_prompt_outputs`).
 """
 
 from __future__ import annotations
@@ -204,7 +206,53 @@ def apply(model: PreTrainedModel, params: dict[str, Any]) -> nn.Module:
         config = PrefixTuningConfig(
             task_type=task_type, num_virtual_tokens=p["num_virtual_tokens"], modules_to_save=modules_to_save
         )
-    return get_peft_model(model, config)
+    peft_model = get_peft_model(model, config)
+    trim_prompt_outputs(peft_model)
+    return peft_model
+
+
+PER_TOKEN_TASK_TYPES = ("TOKEN_CLS", "QUESTION_ANS")
+"""PEFT task types whose head reads one vector per input token (NER tags, QA start/end)."""
+
+
+def trim_prompt_outputs(model: nn.Module) -> nn.Module:
+    """Under prompt tuning, hide the soft prompt's positions from a per-token head.
+
+    PEFT prepends ``num_virtual_tokens`` embeddings to the input and passes the labels as they
+    are: a token classifier's logits then have ``num_virtual_tokens`` more positions than its
+    labels (the loss fails on the shapes) and a QA head's start/end positions point that many
+    tokens early. A forward hook on the backbone drops those positions from its sequence output,
+    so the head sees one vector per input token while every token still attends to the prompt
+    inside the encoder. Does nothing for other models and tuners; idempotent. Hooks are not
+    saved: ``hpo.retrain.load_trained`` calls this again after ``PeftModel.from_pretrained``.
+
+    Returns:
+        ``model`` itself.
+    """
+    from hpo.strategies._modules import base_model_of
+
+    config = getattr(model, "active_peft_config", None)
+    if config is None:
+        return model
+    # PEFT's enums are str subclasses whose str() is "PeftType.PROMPT_TUNING": compare values
+    peft_type = getattr(config.peft_type, "value", config.peft_type)
+    task_type = getattr(config.task_type, "value", config.task_type)
+    if peft_type != "PROMPT_TUNING" or task_type not in PER_TOKEN_TASK_TYPES:
+        return model
+    backbone = base_model_of(model.get_base_model())  # type: ignore[operator]
+    if getattr(backbone, "hpo_trimmed_positions", None) is not None:
+        return model
+    n = int(config.num_virtual_tokens)
+
+    def drop_prompt(module: nn.Module, args: Any, output: Any) -> Any:
+        if isinstance(output, tuple):
+            return (output[0][:, n:], *output[1:])
+        output.last_hidden_state = output.last_hidden_state[:, n:]
+        return output
+
+    backbone.register_forward_hook(drop_prompt)
+    setattr(backbone, "hpo_trimmed_positions", n)  # noqa: B010 (a plain attribute, not a submodule)
+    return model
 
 
 STRATEGY = Strategy(

@@ -9,7 +9,13 @@ nothing heavy.
 
 from __future__ import annotations
 
-from hpo.tasks import causal_lm_task, seq2seq, sequence_classification
+from hpo.tasks import (
+    causal_lm_task,
+    question_answering,
+    seq2seq,
+    sequence_classification,
+    token_classification,
+)
 from hpo.tasks.base import Evaluator, Metric, Role, Task
 
 __all__ = ["TASKS", "Evaluator", "Metric", "Role", "Task", "get_task"]
@@ -18,6 +24,8 @@ TASKS: dict[str, Task] = {
     "sequence-classification": sequence_classification.TASK,
     "causal-lm": causal_lm_task.TASK,
     "seq2seq": seq2seq.TASK,
+    "token-classification": token_classification.TASK,
+    "question-answering": question_answering.TASK,
 }
 
 

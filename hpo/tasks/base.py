@@ -70,7 +70,7 @@ class Evaluator:
     model: Any = None
 
 
-def no_option_problems(options: dict[str, Any], metric: str) -> list[str]:
+def no_option_problems(options: dict[str, Any], metric: str, max_length: Any = None) -> list[str]:
     """A task whose options need no check beyond their types."""
     return []
 
@@ -141,9 +141,10 @@ class Task:
     options: dict[str, Any] = field(default_factory=dict)
     """Task options a study file may set under ``task:`` (``{name: ..., option: value}``),
     with their defaults (a value's type is checked against its default's unless that is None)."""
-    check_options: Callable[[dict[str, Any], str], list[str]] = no_option_problems
-    """(the options, defaults filled in; the objective metric) -> problems as one-line
-    ``task.<option>: ...`` strings: values out of range, a metric the options turn off."""
+    check_options: Callable[[dict[str, Any], str, Any], list[str]] = no_option_problems
+    """(the options, defaults filled in; the objective metric; ``data.max_length``) -> problems
+    as one-line ``task.<option>: ...`` strings: values out of range (a QA ``doc_stride`` too
+    long for the window), a metric the options turn off."""
     check_model: Callable[[dict[str, Any] | None], list[str]] = any_model
     """(the base model's config.json, None when unknown) -> problems: a model this task cannot
     run on (an encoder for a generative task). Runs at validation time: imports nothing heavy."""
@@ -157,6 +158,17 @@ class Task:
     """(worker context, trained model, split name) -> generated examples, each a mapping with
     ``input``, ``reference`` and ``generated`` text, which ``hpo retrain`` writes to
     ``samples.jsonl`` next to ``metrics.json``. None: the task generates no text."""
+    large_groups: bool = False
+    """A :attr:`group` holds many rows (one article's questions): a carve takes the share of
+    groups that matches the rows asked for, instead of that many groups."""
+
+    def resolved_options(self, given: dict[str, Any]) -> dict[str, Any]:
+        """The task's options: its defaults, with what the study file sets."""
+        return {**self.options, **given}
+
+    def option_problems(self, given: dict[str, Any], metric: str, max_length: Any) -> list[str]:
+        """What is wrong with the options a study file sets (empty when nothing is)."""
+        return self.check_options(self.resolved_options(given), metric, max_length)
 
     def metric(self, name: str) -> Metric:
         """The metric called ``name``.

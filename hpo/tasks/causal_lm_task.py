@@ -220,7 +220,7 @@ def samples(ctx: Any, model: Any, split: str) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------- validation
 
 
-def check_options(options: dict[str, Any], metric: str) -> list[str]:
+def check_options(options: dict[str, Any], metric: str, max_length: Any = None) -> list[str]:
     """Option values in range; a ROUGE objective needs generated rows."""
     problems: list[str] = []
     if options["chat_template"] not in (None, True, False):

@@ -1,13 +1,14 @@
-"""Token classification (named-entity recognition): tag sets, sub-word labels, seqeval.
+"""Token classification (named-entity recognition): tag sets, sub-word labels, seqeval, the task.
 
-Pure building blocks; the task record (registry entry, data roles, Trainer) is wired elsewhere.
-CoNLL files are read by :func:`hpo.data.read_conll`.
+CoNLL files are read by :func:`hpo.data.read_conll`; hub datasets and tables give the same
+``tokens``/``tags`` columns.
 
 - :func:`tag_names` orders a tag set the same way every time (the label ids of the model head).
 - :func:`check_tags` compares a split's tags with the training tags.
 - :func:`encode` tokenizes pre-split words and aligns word tags to the first sub-word.
 - :func:`compute_metrics` scores entity spans with seqeval (conlleval-compatible) and tokens by
   accuracy.
+- :data:`TASK` is the ``token-classification`` record the registry holds.
 
 Metrics are computed over the words that survive tokenization: a word truncated away by
 ``max_length``, or one the tokenizer maps to no sub-word at all (a lone control character),
@@ -21,10 +22,39 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from hpo.errors import DataError
+import pandas as pd
 
-METRICS = ("precision", "recall", "f1", "accuracy", "loss")
+from hpo.errors import DataError
+from hpo.tasks.base import Evaluator, Metric, Role, Task, Vocabulary
+from hpo.tasks.columns import select_columns
+from hpo.tasks.heads import reinit_linear_head
+
+METRICS = (
+    Metric("f1", "maximize", description="entity-level F1 (seqeval, micro-averaged over entity types)"),
+    Metric(
+        "precision",
+        "maximize",
+        description="entity-level precision (an entity counts when type, start and end match)",
+    ),
+    Metric("recall", "maximize", description="entity-level recall"),
+    Metric("accuracy", "maximize", description="share of words whose tag is right (first sub-word of each)"),
+    Metric(
+        "loss",
+        "minimize",
+        fraction=False,
+        description="cross-entropy per labelled word on the validation split",
+    ),
+)
 """Validation metrics of the task (entity-level precision/recall/F1, token accuracy, loss)."""
+ROLES = (
+    Role("tokens", "tokens", description="the words of each sentence (a list of strings)"),
+    Role(
+        "tags",
+        "tags",
+        target=True,
+        description="one tag per word: BIO strings, or integers that a hub ClassLabel names",
+    ),
+)
 
 IGNORE_INDEX = -100
 """Label of positions the loss and the metrics skip (PyTorch's cross-entropy default)."""
@@ -237,3 +267,220 @@ def compute_metrics(logits_or_ids: Any, label_ids: Any, tag_names: Sequence[str]
         "f1": float(f1),
         "accuracy": float((pred[mask] == gold[mask]).sum() / n_scored) if n_scored else 0.0,
     }
+
+
+# ---------------------------------------------------------------------------------------
+# The task record: data roles, label set, model, evaluation
+
+
+def _as_list(value: Any) -> list[Any] | None:
+    """A list, tuple or numpy array (JSON, pandas and parquet give these back) as a list."""
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    if hasattr(value, "tolist") and getattr(value, "ndim", 0) == 1:
+        return list(value.tolist())
+    return None
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def normalize(df: pd.DataFrame, columns: dict[str, str], shown: str) -> pd.DataFrame:
+    """Columns ``tokens`` (lists of non-empty strings) and ``tags`` (as strings: ``"B-PER"``, or
+    ``"3"`` for an integer tag), checked row by row.
+
+    Raises:
+        DataError: a missing column, a cell that is not a list (a CSV cell holds text: use
+            JSON, parquet or CoNLL), an empty sentence, an empty word, a tag that is neither
+            a string nor an integer, or a row whose words and tags differ in number.
+    """
+    out = select_columns(df, columns, shown)
+    words_col, tags_col = columns["tokens"], columns["tags"]
+    all_words: list[list[str]] = []
+    all_tags: list[list[str]] = []
+    for i, (words_value, tags_value) in enumerate(zip(out["tokens"], out["tags"], strict=True)):
+        at = f"{shown}: row {i}"
+        words, tags = _as_list(words_value), _as_list(tags_value)
+        if words is None:
+            raise DataError(
+                f"{at}: column {words_col!r}: expected a list of words, got {_show(words_value)} "
+                "(a CSV cell holds text: use JSON, parquet or CoNLL)"
+            )
+        if tags is None:
+            raise DataError(f"{at}: column {tags_col!r}: expected a list of tags, got {_show(tags_value)}")
+        if not words:
+            raise DataError(f"{at}: column {words_col!r}: empty sentence")
+        if len(words) != len(tags):
+            raise DataError(f"{at}: {len(words)} words in {words_col!r} but {len(tags)} tags in {tags_col!r}")
+        for j, word in enumerate(words):
+            if not isinstance(word, str) or not word:
+                raise DataError(
+                    f"{at}: column {words_col!r}, word {j}: expected a non-empty string, got {_show(word)}"
+                )
+        keys: list[str] = []
+        for j, tag in enumerate(tags):
+            if isinstance(tag, str) and tag.strip():
+                keys.append(tag.strip())
+            elif not isinstance(tag, bool) and hasattr(tag, "__index__"):  # int, numpy integer
+                keys.append(str(int(tag)))
+            else:
+                raise DataError(
+                    f"{at}: column {tags_col!r}, tag {j}: expected a tag string or an integer, got {_show(tag)}"
+                )
+        all_words.append([str(w) for w in words])
+        all_tags.append(keys)
+    return pd.DataFrame({"tokens": all_words, "tags": all_tags})
+
+
+def vocabulary(
+    train: pd.DataFrame, columns: dict[str, str], shown: str, class_names: list[str] | None
+) -> Vocabulary:
+    """The tag set: the train split's tags in :func:`tag_names` order, or, for integer tags,
+    the names the source declares (a hub ``ClassLabel``) in their own order.
+
+    Raises:
+        DataError: integer tags without names, an integer outside the names, or fewer than two
+            tags.
+    """
+    tag_lists = train["tags"].tolist()
+    integers = all(t.lstrip("-").isdigit() for tags in tag_lists for t in tags)
+    if integers:
+        if class_names is None:
+            raise DataError(
+                f"{shown}: column {columns['tags']!r} holds integer tags but the data names none; "
+                "give tag strings (B-person, O) or a hub dataset whose ClassLabel names them"
+            )
+        keys = [str(i) for i in range(len(class_names))]
+        known = set(keys)
+        for tags in tag_lists:
+            for t in tags:
+                if t not in known:
+                    raise DataError(
+                        f"{shown}: column {columns['tags']!r}: tag {t} is not one of the {len(keys)} named tags"
+                    )
+        names = list(class_names)
+    else:
+        keys = tag_names(tag_lists)
+        names = list(keys)
+    if len(keys) < 2:
+        raise DataError(
+            f"{shown}: column {columns['tags']!r} has a single tag ({names[0]!r}); need at least 2"
+        )
+    return Vocabulary(names=names, keys=keys)
+
+
+def apply_vocabulary(
+    frame: pd.DataFrame, vocab: Vocabulary, columns: dict[str, str], shown: str
+) -> pd.DataFrame:
+    """Tags as ids (index in the vocabulary); a tag train does not have is an error."""
+    tag_lists = frame["tags"].tolist()
+    check_tags(tag_lists, shown, vocab.keys)
+    index = {k: i for i, k in enumerate(vocab.keys)}
+    out = frame.copy()
+    out["tags"] = [[index[t] for t in tags] for tags in tag_lists]
+    return out
+
+
+def stratify(frame: pd.DataFrame) -> pd.Series:
+    """Whether a sentence holds an entity (a tag other than id 0, ``O`` in :func:`tag_names`
+    order and in hub ClassLabels): carving keeps the share of sentences with entities (WNUT-17
+    train: 1,228 of 3,394)."""
+    return pd.Series([any(t != 0 for t in tags) for tags in frame["tags"]], index=frame.index)
+
+
+def group(frame: pd.DataFrame) -> pd.Series:
+    """Copies of one sentence (retweets) stay on one side of a carve."""
+    return pd.Series(["\x1f".join(words) for words in frame["tokens"]], index=frame.index)
+
+
+def check_train(train: pd.DataFrame, columns: dict[str, str], shown: str) -> None:
+    """Some entity must be left in train after carving and subsampling."""
+    if not bool(stratify(train).any()):
+        raise DataError(
+            f"{shown}: no sentence with an entity is left in train after carving and subsampling; "
+            "raise data.train_limit"
+        )
+
+
+def encode_split(
+    frame: pd.DataFrame,
+    tokenizer: Any,
+    max_length: int,
+    label_names: list[str],
+    options: dict[str, Any],
+    split: str,
+) -> dict[str, list[Any]]:
+    """Words tokenized (truncated to ``max_length``, unpadded), tags on first sub-words (:func:`encode`)."""
+    words = frame["tokens"].tolist()
+    tags = frame["tags"].tolist()
+    columns: dict[str, list[Any]] = {}
+    chunk = 2048  # sentences per tokenizer call, to bound peak memory on large splits
+    for start in range(0, len(words), chunk):
+        enc = encode(words[start : start + chunk], tags[start : start + chunk], tokenizer, max_length)
+        for name, values in enc.items():
+            columns.setdefault(name, []).extend(values)
+    return columns
+
+
+def load_model(path: str, label_names: list[str]) -> Any:
+    """The base weights with a fresh token-classification head of ``len(label_names)`` outputs.
+
+    A checkpoint that has a head of another size (a classifier fine-tuned on other labels)
+    loads too: its head is dropped, and ``init_head`` draws the new one from the trial's seed.
+    """
+    from transformers import AutoModelForTokenClassification
+
+    return AutoModelForTokenClassification.from_pretrained(
+        path,
+        ignore_mismatched_sizes=True,
+        num_labels=len(label_names),
+        id2label=dict(enumerate(label_names)),
+        label2id={n: i for i, n in enumerate(label_names)},
+    )
+
+
+def collator(tokenizer: Any, model: Any = None) -> Any:
+    """Pad inputs to the batch's longest sentence and labels with -100."""
+    from transformers import DataCollatorForTokenClassification
+
+    return DataCollatorForTokenClassification(tokenizer)
+
+
+def predicted_ids(logits: Any, labels: Any) -> Any:
+    """Each batch's logits (batch x tokens x tags) shrunk to predicted ids before the Trainer
+    keeps them: a split's logits would be ``tags`` times larger."""
+    if isinstance(logits, tuple):
+        logits = logits[0]
+    return logits.argmax(dim=-1)
+
+
+def evaluator(ctx: Any, split: str) -> Evaluator:
+    """Entity scores and token accuracy of a split (the Trainer adds the loss)."""
+    names = list(ctx.data.label_names)
+    return Evaluator(
+        compute_metrics=lambda p: compute_metrics(p.predictions, p.label_ids, names),
+        preprocess_logits=predicted_ids,
+    )
+
+
+TASK = Task(
+    name="token-classification",
+    description="one tag per word: named entities (BIO tags), scored by entity F1 (seqeval)",
+    metrics=METRICS,
+    default_metric="f1",
+    roles=ROLES,
+    normalize=normalize,
+    vocabulary=vocabulary,
+    apply_vocabulary=apply_vocabulary,
+    stratify=stratify,
+    group=group,
+    check_train=check_train,
+    encode=encode_split,
+    auto_class="AutoModelForTokenClassification",
+    load_model=load_model,
+    init_head=reinit_linear_head,
+    collator=collator,
+    evaluator=evaluator,
+)

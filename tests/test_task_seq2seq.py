@@ -17,6 +17,7 @@ from hpo.cli import main
 from hpo.config import ConfigError, load_study
 from hpo.drivers.worker import run_worker
 from hpo.retrain import load_trained, retrain
+from hpo.tasks.generation_metrics import rouge
 
 TS = optuna.trial.TrialState
 STRATEGIES = ["full", "partial", "adapter", "lora", "prompt"]
@@ -72,7 +73,7 @@ def write_s2s_study(root: Path, model_dir: Path, data_dir: Path, **over: Any) ->
             "max_target_length": 12,
             "max_new_tokens": 6,
             "generation_rows": 4,
-            "sample_rows": 3,
+            "sample_rows": 4,
         },
         "model": str(model_dir),
         "data": {
@@ -196,10 +197,14 @@ def test_export_retrain_reproduces_and_reloads(db: tuple[str, Path], tmp_path: P
     assert metrics["difference_from_trial"] == 0 and set(metrics["test"]) >= {"loss", "rougeL"}
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     docs = dict(PAIRS)
-    assert len(samples) == 3  # task.sample_rows test rows
+    assert len(samples) == 4  # task.sample_rows test rows
     for row in samples:
         assert set(row) == {"input", "reference", "generated"} and isinstance(row["generated"], str)
         assert docs[row["input"]] == row["reference"]
+    # The same 4 rows are the ones the test ROUGE scores (task.generation_rows): the written
+    # outputs give it back.
+    by_hand = rouge([r["generated"] for r in samples], [r["reference"] for r in samples])
+    assert {k: result.test[k] for k in by_hand} == pytest.approx(by_hand, abs=1e-12)
 
     model, tok = load_trained(out / "model")
     inner = model.get_base_model() if isinstance(model, PeftModel) else model

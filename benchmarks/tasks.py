@@ -84,22 +84,35 @@ CASES: dict[str, Case] = {
         search={"budget.n_trials": 8, "budget.max_epochs": 1, "data.train_limit": 1000},
         quick={"budget.n_trials": 2, "data.train_limit": 64, "data.validation_limit": 64},
     ),
-    # Causal LM (SmolLM2-135M-Instruct on 2 shared CPU cores: about 2-5 s per step of 8 rows).
-    # The field's default: LoRA r=16 (alpha 32) at lr 2e-4, as PEFT's and TRL's examples and
-    # QLoRA use. The search gets at most 4 trials of the same size, so its compute stays
-    # within 4x the recipe's (pruning cuts it further).
+    # Causal LM (SmolLM2-135M-Instruct, 134.5M parameters). The field's default: LoRA r=16
+    # (alpha 32) at lr 2e-4, as PEFT's and TRL's examples and QLoRA use. The search gets at
+    # most 4 trials of the same size, so its compute stays within 4x the recipe's (pruning
+    # cuts it further). Sized for 2 CPU cores shared with 7 other jobs (load average 25-35 on
+    # 2026-12-01, about 10% of a core per process): 3 steps of 8 rows, 128 tokens.
     "instructions": Case(
         study="studies/instructions-smollm2.yaml",
         recipe=LORA_RECIPE,
         recipe_name="LoRA r=16, lr 2e-4, batch 8",
-        search={"budget.n_trials": 4, "data.train_limit": 64},
+        search={
+            "budget.n_trials": 4,
+            "data.train_limit": 24,
+            "data.validation_limit": 16,
+            "data.max_length": 128,
+        },
         quick={"budget.n_trials": 2, "data.train_limit": 8, "data.max_length": 64},
     ),
     "headlines": Case(
         study="studies/headlines-smollm2.yaml",
         recipe=LORA_RECIPE,
         recipe_name="LoRA r=16, lr 2e-4, batch 8",
-        search={"budget.n_trials": 4, "data.train_limit": 64, "task.generation_rows": 16},
+        search={
+            "budget.n_trials": 4,
+            "data.train_limit": 24,
+            "data.validation_limit": 12,
+            "task.generation_rows": 8,
+            "task.max_new_tokens": 16,
+            "task.sample_rows": 4,
+        },
         quick={
             "budget.n_trials": 2,
             "data.train_limit": 8,

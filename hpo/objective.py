@@ -245,33 +245,84 @@ def find_repeat(trial: Any, complete: list[Any], tolerance: float | None) -> Any
 
 
 class OptunaRecorder:
-    """A :class:`TrialRecorder` on an ``optuna.Trial`` asked by ``study.optimize``."""
+    """A :class:`TrialRecorder` on an ``optuna.Trial`` asked by the Optuna driver's loop.
 
-    def __init__(self, trial: Any, metric: str, multi_objective: bool = False):
+    While the database is away the trial trains on: attributes and evaluations it could not
+    write are kept (:data:`hpo.outage.PENDING`) and written with its result
+    (``hpo.drivers.one_trial``); the pruner is not asked meanwhile. Reads it cannot do without
+    (before training) wait for the database up to ``patience`` seconds.
+    """
+
+    def __init__(self, trial: Any, metric: str, multi_objective: bool = False, patience: float = 300.0):
         self.trial = trial
         self.metric = metric
         self.multi_objective = multi_objective
+        self.patience = patience
+
+    def _keep(self, e: Exception) -> bool:
+        from hpo.connectivity import CONNECTIVITY, is_transient
+
+        if not is_transient(e):
+            return False
+        CONNECTIVITY.failed()
+        try:
+            self.trial.storage.remove_session()
+        except Exception:
+            pass
+        return True
 
     def record(self, attrs: dict[str, Any], system_attrs: dict[str, Any] | None = None) -> None:
+        from hpo.outage import PENDING, pending_for
         from hpo.storage import write_user_attrs
 
-        write_user_attrs(self.trial, attrs, system_attrs)
+        pending = PENDING.get(self.trial._trial_id)
+        try:
+            if pending:  # what an outage kept goes first, so later values win
+                pending.write(self.trial.storage, self.trial._trial_id)
+            write_user_attrs(self.trial, attrs, system_attrs)
+        except Exception as e:
+            if not self._keep(e):
+                raise
+            kept = pending_for(self.trial._trial_id)
+            kept.attrs.update(attrs)
+            kept.system_attrs.update(system_attrs or {})
 
     def report(self, index: int, last: bool, metrics: dict[str, float]) -> bool:
-        if self.multi_objective:  # Optuna's report/should_prune refuse these (hpo.study_view)
-            from hpo.study_view import prune_multi_objective
+        from hpo.outage import pending_for
 
-            return prune_multi_objective(self.trial, index, metrics[self.metric])
-        self.trial.report(metrics[self.metric], step=index)
-        return bool(self.trial.should_prune())
+        try:
+            if self.multi_objective:  # Optuna's report/should_prune refuse these (hpo.study_view)
+                from hpo.study_view import prune_multi_objective
+
+                return prune_multi_objective(self.trial, index, metrics[self.metric])
+            self.trial.report(metrics[self.metric], step=index)
+            return bool(self.trial.should_prune())
+        except Exception as e:
+            if not self._keep(e):
+                raise
+            pending_for(self.trial._trial_id).values[index] = float(metrics[self.metric])
+            return False  # no pruner without the other trials' values
 
     def frozen(self) -> Any:
-        return self.trial.study._storage.get_trial(self.trial._trial_id)
+        from hpo.outage import call_with_retry
+
+        storage = self.trial.study._storage
+        return call_with_retry(
+            lambda: storage.get_trial(self.trial._trial_id), "read the trial", self.patience, storage=storage
+        )
 
     def complete_trials(self) -> list[Any]:
         import optuna
 
-        return list(self.trial.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+        from hpo.outage import call_with_retry
+
+        study = self.trial.study
+        return call_with_retry(
+            lambda: list(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))),
+            "read the study's trials",
+            self.patience,
+            storage=study._storage,
+        )
 
 
 def make_objective(
@@ -289,9 +340,16 @@ def make_objective(
     multi = len(spec.directions) > 1
 
     def objective(trial: Any) -> float | list[float]:
-        cfg = spec.space.sample(trial, spec.training)
+        from hpo.outage import call_with_retry
+
+        patience = spec.execution.db_patience
+        # A parameter is stored as it is sampled; sampling again after a failed write is safe.
+        cfg = call_with_retry(
+            lambda: spec.space.sample(trial, spec.training), "sample the trial", patience, storage=trial.storage
+        )
         show = on_trial_start(trial) if on_trial_start else None
-        result = run_trial(ctx, cfg, OptunaRecorder(trial, spec.objective.metric, multi), show)
+        recorder = OptunaRecorder(trial, spec.objective.metric, multi, patience)
+        result = run_trial(ctx, cfg, recorder, show)
         if result.pruned:
             evaluations = len(result.outcome.history) if result.outcome else 0
             raise optuna.TrialPruned(f"pruned after evaluation {evaluations}")

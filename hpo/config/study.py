@@ -132,6 +132,10 @@ class ExecutionSpec:
     checkpoint_dir: str | None = None
     """Where trial checkpoints go (default: the cache's ``checkpoints``; relative: to this
     file's folder); a path every machine reads lets a retry on another machine resume."""
+    db_patience: int = 300
+    """Seconds a worker waits for an unreachable database at a time: a trial's result not
+    written by then fails the trial (written when the database is back); a worker that cannot
+    start its next trial by then exits 1."""
 
 
 @dataclass
@@ -411,6 +415,8 @@ def _check_execution(execution: ExecutionSpec, err: Err) -> None:
         err(f"execution.trials_per_gpu: must be >= 1, got {execution.trials_per_gpu}")
     if execution.min_micro_batch < 1:
         err(f"execution.min_micro_batch: must be >= 1, got {execution.min_micro_batch}")
+    if execution.db_patience < 1:
+        err(f"execution.db_patience: must be >= 1 (seconds), got {execution.db_patience}")
     if execution.max_retries < 0:
         err(f"execution.max_retries: must be >= 0, got {execution.max_retries}")
     if execution.device not in DEVICES:

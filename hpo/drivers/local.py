@@ -323,6 +323,7 @@ def _supervise(
     """Create the study, run the worker processes, show progress; see ``launch``."""
     import optuna
 
+    from hpo.outage import call_with_retry, first_line, is_transient
     from hpo.storage import fail_trial, redact, sweep_stale_trials
 
     # Data errors surface here, once, and the tokenized splits are cached for the workers; the
@@ -370,14 +371,19 @@ def _supervise(
 
     def fail_trials_of(names: list[str], reason: str, retry: bool) -> list[int]:
         """Fail the RUNNING trials whose worker attribute names one of ``names``."""
-        failed = []
-        storage.remove_session()
-        for t in storage.get_all_trials(
-            study._study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)
-        ):
-            if t.user_attrs.get("worker") in names and fail_trial(study, t._trial_id, reason, retry=retry):
-                failed.append(t.number)
-        return failed
+
+        def fail() -> list[int]:
+            failed = []
+            storage.remove_session()
+            for t in storage.get_all_trials(
+                study._study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)
+            ):
+                if t.user_attrs.get("worker") in names and fail_trial(study, t._trial_id, reason, retry=retry):
+                    failed.append(t.number)
+            return failed
+
+        what = "fail the trials of a stopped worker"
+        return call_with_retry(fail, what, spec.execution.db_patience, storage=storage)
 
     stopping = False
     clean_exits = 0
@@ -387,6 +393,7 @@ def _supervise(
             for slot in slots:
                 start(slot)
             next_poll = 0.0
+            display_down = False
             while True:
                 for w in list(workers_by_slot.values()):
                     code = w.process.exitcode
@@ -428,7 +435,17 @@ def _supervise(
                     try:
                         monitor.poll(_views(workers_by_slot))
                     except Exception as e:  # the display must not stop the run (database hiccup)
-                        print(f"(display: {redact(str(e))[:200]})", file=stream, flush=True)
+                        if not is_transient(e):
+                            print(f"(display: {redact(str(e))[:200]})", file=stream, flush=True)
+                        elif not display_down:
+                            print(
+                                f"(display: database unreachable: {first_line(e)}; the workers train on)",
+                                file=stream,
+                                flush=True,
+                            )
+                        display_down = is_transient(e)
+                    else:
+                        display_down = False
                     next_poll = now + poll_seconds
                 time.sleep(0.2)
         except KeyboardInterrupt:

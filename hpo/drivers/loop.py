@@ -1,6 +1,7 @@
 """The trial loop every Optuna-driven worker runs (``hpo run``, ``hpo worker``, each process of
-``hpo run --workers``): Optuna's ``study.optimize`` one trial at a time, so that a shared
-budget, clean interrupts, stale-trial sweeps and queued retries fit around it.
+``hpo run --workers``): one trial at a time (``hpo.drivers.one_trial``, which outlives database
+outages), so that a shared budget, clean interrupts, stale-trial sweeps and queued retries fit
+around it.
 """
 
 from __future__ import annotations
@@ -177,6 +178,7 @@ def optimize_loop(
     budget: Any = None,
     first_number: int | None = None,
     say: Callable[[str], None] | None = None,
+    patience: float | None = None,
 ) -> int:
     """Run trials until the budget, the count or the time is spent; then run queued retries.
 
@@ -196,14 +198,22 @@ def optimize_loop(
             (local workers).
         first_number: trials the study had when this run began (default: the budget's, else
             the count now).
-        say: where to say what a worker with nothing left to run waits for (None: silent).
+        say: where to say what a worker with nothing left to run waits for, and when the
+            database goes away and comes back (None: silent).
+        patience: seconds to wait for an unreachable database at a time (default
+            ``hpo.outage.DEFAULT_PATIENCE``); see ``hpo.drivers.one_trial``.
 
     Returns:
         The number of new (not retried) trials this worker ran.
 
     Raises:
         KeyboardInterrupt: stopped by SIGINT/SIGTERM (after the trial in flight is stored).
+        DatabaseUnavailable: the database stayed away for ``patience`` seconds between trials.
     """
+    from hpo.drivers.one_trial import run_one_trial
+    from hpo.outage import DEFAULT_PATIENCE, call_with_retry
+
+    patience = DEFAULT_PATIENCE if patience is None else patience
     deadline = None if timeout is None else time.monotonic() + timeout
     if first_number is None:
         first_number = getattr(budget, "first_number", None)
@@ -214,7 +224,12 @@ def optimize_loop(
 
     def wrapped(trial: Any) -> float | list[float]:
         current.trial_id, current.number = trial._trial_id, trial.number
-        attrs = trial.storage.get_trial_system_attrs(trial._trial_id)
+        attrs = call_with_retry(
+            lambda: trial.storage.get_trial_system_attrs(trial._trial_id),
+            "read the trial",
+            patience,
+            storage=trial.storage,
+        )
         current.retry = "failed_trial" in attrs
         history = attrs.get("retry_history") or []
         current.replaces = current.retry and bool(history) and history[-1] >= first_number
@@ -243,11 +258,17 @@ def optimize_loop(
                     claimed = bool(budget.claim())
                 else:
                     claimed = n_trials is None or counted < n_trials
-                if not claimed and not _retries_to_run(study, lambda: guard.stopping, say):
+                if not claimed and not call_with_retry(
+                    lambda: _retries_to_run(study, lambda: guard.stopping, say),
+                    "look for queued retries",
+                    patience,
+                    storage=study._storage,
+                    say=say,
+                ):
                     break
                 current.trial_id = current.number = None
                 current.retry = current.replaces = False
-                study.optimize(wrapped, n_trials=1, catch=(Exception,), callbacks=list(callbacks))
+                run_one_trial(study, wrapped, callbacks=callbacks, patience=patience, say=say)
                 if not frozen:
                     _freeze_long_lived_objects()
                     frozen = True

@@ -84,6 +84,7 @@ def run_worker(
         budget=budget,
         first_number=run.first_number,
         say=None if quiet else printer.say,
+        patience=spec.execution.db_patience,
     )
     return run.study
 

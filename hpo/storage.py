@@ -205,7 +205,7 @@ def _storage_class() -> Any:
         """RDBStorage that writes why a stale trial failed before Optuna fails it."""
 
         def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-            from hpo.outage import sweep_allowed
+            from hpo.connectivity import sweep_allowed
 
             # Right after a database outage every heartbeat looks stale (hpo.outage).
             if not sweep_allowed(self, self.grace_period):

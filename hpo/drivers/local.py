@@ -323,7 +323,8 @@ def _supervise(
     """Create the study, run the worker processes, show progress; see ``launch``."""
     import optuna
 
-    from hpo.outage import call_with_retry, first_line, is_transient
+    from hpo.connectivity import is_transient
+    from hpo.outage import call_with_retry, first_line
     from hpo.storage import fail_trial, redact, sweep_stale_trials
 
     # Data errors surface here, once, and the tokenized splits are cached for the workers; the

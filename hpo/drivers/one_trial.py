@@ -16,7 +16,8 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from hpo.outage import PENDING, DatabaseUnavailable, Heartbeat, call_with_retry, is_transient
+from hpo.connectivity import is_transient
+from hpo.outage import PENDING, DatabaseUnavailable, Heartbeat, call_with_retry
 
 # (trial id, number, reason): results this process gave up on; failed once the database answers.
 _DEFERRED: list[tuple[int, int, str]] = []

@@ -43,6 +43,18 @@ def _storage(args: argparse.Namespace) -> str:
     return resolve_storage(getattr(args, "storage", None))
 
 
+def _storage_from_file(args: argparse.Namespace) -> None:
+    """``--storage-file FILE``: the URL is read from the file, as if given with ``--storage``."""
+    path = getattr(args, "storage_file", None)
+    if path is None:
+        return
+    if getattr(args, "storage", None):
+        raise UserError("--storage and --storage-file: give one of them")
+    from hpo.options import read_storage_file
+
+    args.storage = read_storage_file(path)
+
+
 def _load(args: argparse.Namespace) -> Any:
     from hpo.api import load_study
 
@@ -119,9 +131,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_worker(args: argparse.Namespace) -> int:
     from hpo.drivers.worker import run_worker
     from hpo.options import resolve_options
+    from hpo.storage import ENV_VAR
 
     spec = _load(args)
     opts = resolve_options(vars(args), spec)
+    if not (args.storage or os.environ.get(ENV_VAR) or spec.storage):
+        raise UserError(
+            "hpo worker joins a shared study: give its storage with --storage URL, "
+            f"--storage-file FILE or ${ENV_VAR}"
+        )
     run_worker(
         spec,
         opts.storage,
@@ -277,10 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
     storage_help = (
         "storage URL (default: $HPO_STORAGE, the study file's storage:, else sqlite:///studies/hpo.db)"
     )
+    file_help = "read the storage URL from FILE (keeps a password out of the process list)"
 
     r = sub.add_parser("run", help="create or resume a study and optimize")
     r.add_argument("study", help="study file (studies/*.yaml)")
     r.add_argument("--storage", help=storage_help)
+    r.add_argument("--storage-file", metavar="FILE", help=file_help)
     r.add_argument("--study-name", help="override the study's name")
     r.add_argument("--n-trials", type=_positive, help="trials to add (default: budget.n_trials)")
     r.add_argument("--timeout", type=_seconds, help="stop starting trials after this many seconds")
@@ -302,7 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = sub.add_parser("worker", help="join the study as one more worker (creating it if it does not exist)")
     w.add_argument("study")
-    w.add_argument("--storage", required=True, help="the shared storage URL")
+    w.add_argument("--storage", help="the shared storage URL (or --storage-file, or $HPO_STORAGE)")
+    w.add_argument("--storage-file", metavar="FILE", help=file_help)
     w.add_argument("--study-name", help="override the study's name")
     w.add_argument("--n-trials", type=_positive)
     w.add_argument("--timeout", type=_seconds, help="stop starting trials after this many seconds")
@@ -320,11 +341,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("studies", help="list studies in a storage")
     s.add_argument("--storage", help=storage_help)
+    s.add_argument("--storage-file", metavar="FILE", help=file_help)
     s.set_defaults(func=cmd_studies)
 
     c = sub.add_parser("compare", help="compare studies side by side")
     c.add_argument("names", nargs="+")
     c.add_argument("--storage", help=storage_help)
+    c.add_argument("--storage-file", metavar="FILE", help=file_help)
     c.add_argument(
         "--by",
         choices=["study", "strategy", "pareto"],
@@ -338,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("name")
     rp.add_argument("-o", "--output", required=True, help="output folder")
     rp.add_argument("--storage", help=storage_help)
+    rp.add_argument("--storage-file", metavar="FILE", help=file_help)
     rp.set_defaults(func=cmd_report)
 
     e = sub.add_parser("export", help="write a retraining spec of the best (or given) trial")
@@ -349,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="choose a point on the Pareto front, e.g. \"f1 >= 0.85, min trainable_params\"",
     )
     e.add_argument("--storage", help=storage_help)
+    e.add_argument("--storage-file", metavar="FILE", help=file_help)
     e.set_defaults(func=cmd_export)
 
     rt = sub.add_parser("retrain", help="train an exported config, evaluate on test, save the model")
@@ -365,6 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("dashboard", help="serve optuna-dashboard on the storage")
     d.add_argument("--storage", help=storage_help)
+    d.add_argument("--storage-file", metavar="FILE", help=file_help)
     d.add_argument("--host", default="127.0.0.1")
     d.add_argument("--port", type=_port, default=8080, help="TCP port 1..65535 (default 8080)")
     d.set_defaults(func=cmd_dashboard)
@@ -395,6 +421,7 @@ def main(argv: list[str] | None = None) -> int:
         print(redact(str(e)), file=sys.stderr)
         return 1
     try:
+        _storage_from_file(args)
         return int(args.func(args))
     except UserError as e:
         from hpo.storage import redact

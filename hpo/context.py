@@ -12,7 +12,7 @@ from typing import Any
 
 from hpo.config import StudySpec
 from hpo.data import LoadedData, load_data, pool_folds, tokenize
-from hpo.models import ensure_local_model
+from hpo.models import ensure_local_model, pretrained_options
 from hpo.tasks import get_task
 
 CACHE_DIR = Path(os.environ.get("HPO_CACHE_DIR", ".hpo-cache"))
@@ -41,7 +41,8 @@ class WorkerContext:
         if self._base is None:
             task = get_task(self.spec.task)
             t0 = time.perf_counter()
-            self._base = task.load_model(self.spec.model_path, self.data.label_names)
+            options = pretrained_options(self.spec)  # revision, trust_remote_code: only when set
+            self._base = task.load_model(self.spec.model_path, self.data.label_names, **options)
             self.load_seconds += time.perf_counter() - t0
         return self._base
 
@@ -68,7 +69,7 @@ def prepare(spec: StudySpec, need_test: bool = False, worker: str | None = None)
     datasets.disable_progress_bars()
     data = load_data(spec.data, need_test=need_test)
     ensure_local_model(spec.model_path)  # a GGUF alias (smollm2) is converted into the cache once
-    tokenizer = AutoTokenizer.from_pretrained(spec.model_path)
+    tokenizer = AutoTokenizer.from_pretrained(spec.model_path, **pretrained_options(spec))
     splits = (
         ("train", "validation", "test") if need_test and data.test is not None else ("train", "validation")
     )

@@ -90,6 +90,20 @@ def resolve_model(ref: str, base_dir: str | Path = ".") -> str:
     return ref
 
 
+def pretrained_options(spec: Any) -> dict[str, Any]:
+    """``from_pretrained`` options a study (or retraining spec) sets: ``revision`` and
+    ``trust_remote_code`` (validated: true only with a pinned commit). Empty when neither is set:
+    transformers then runs no repository code and reads ``model.safetensors`` before any
+    pickle-based ``pytorch_model.bin``.
+    """
+    options: dict[str, Any] = {}
+    if getattr(spec, "revision", None):
+        options["revision"] = spec.revision
+    if getattr(spec, "trust_remote_code", False):
+        options["trust_remote_code"] = True
+    return options
+
+
 def read_model_config(path: str) -> dict[str, Any] | None:
     """The model's ``config.json`` as a dict, or None when it is not on disk (hub id, offline).
 

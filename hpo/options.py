@@ -102,3 +102,32 @@ def resolve_options(
 def resolve_storage(flag: str | None = None, file_value: str | None = None) -> str:
     """The storage URL: ``--storage``, else ``HPO_STORAGE``, else the study file's, else the default."""
     return str(resolve_option("storage", flag, file_value))
+
+
+def read_storage_file(path: str) -> str:
+    """The storage URL in ``path``: its first line that is neither blank nor a ``#`` comment.
+
+    A URL with a password belongs in a file readable by its owner only (``chmod 600``), given
+    with ``--storage-file``, or in ``HPO_STORAGE``: a command-line argument is visible to every
+    user of the machine (``ps``) and to Ray's job records.
+
+    Raises:
+        UserError: the file cannot be read or holds no URL (the message never shows its content).
+    """
+    from pathlib import Path
+
+    from hpo.errors import UserError
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"--storage-file {path}: file not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"--storage-file {path}: cannot read ({getattr(e, 'strerror', None) or e})") from None
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            if "://" not in line:
+                raise UserError(f"--storage-file {path}: the first line is not a URL (expected scheme://...)")
+            return line
+    raise UserError(f"--storage-file {path}: no storage URL in the file")

@@ -19,6 +19,8 @@ _MUST_MATCH = (
     "task",
     "task_options",
     "model",
+    "revision",
+    "trust_remote_code",
     "data",
     "space",
     "objective",

@@ -190,3 +190,23 @@ def test_warm_start_quick(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert warm[0]["warm_start_of"] == best_subset["number"] and "warm_start_of" not in cold[0]
     assert warm[0]["params"]["learning_rate"] == best_subset["params"]["learning_rate"]
     assert "| warm (top 1 of subset first) |" in warm_start.markdown(doc)
+@pytest.mark.slow
+def test_chaos_quick_counts_every_trial_from_the_database(tmp_path: Path) -> None:
+    """Workers on a throwaway PostgreSQL through a kill, a database restart and a full disk:
+    nothing lost, duplicated or left RUNNING (a minute of trials plus the workers' start-up)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from pgserver import unavailable
+
+    reason = unavailable()
+    if reason is not None:
+        pytest.skip(f"no throwaway PostgreSQL: {reason}")
+    from benchmarks import chaos
+
+    out = tmp_path / "chaos.json"
+    assert chaos.main(["--quick", "--workers", "2", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["mode"] == "quick" and doc["faults"]["database_restarts"] == 1
+    assert doc["trials_started"] >= 1 and doc["complete"] + doc["pruned"] >= 1
+    assert doc["lost"] == 0 and doc["duplicated"] == 0 and doc["left_running"] == 0
+    assert doc["tracebacks_in_worker_logs"] == 0
+    assert sum(doc["failed_by_reason"].values()) == doc["failed"]

@@ -8,6 +8,7 @@ file's problems are reported together. Nothing here imports torch, transformers 
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -223,6 +224,29 @@ def parse_task(raw: dict[str, Any], err: Err) -> tuple[str, dict[str, Any]]:
         else:
             good[key] = option
     return value, good
+
+
+def parse_model_trust(raw: dict[str, Any], err: Err) -> tuple[str | None, bool]:
+    """``revision`` and ``trust_remote_code``: a model repository's own Python code runs only
+    when the file says so and pins the code it trusts (a full 40-character commit hash: a
+    branch or tag can move to code nobody reviewed).
+    """
+    revision = raw.get("revision")
+    trust = raw.get("trust_remote_code", False)
+    if revision is not None and (not isinstance(revision, str) or not revision.strip()):
+        err(f"revision: expected a commit hash, branch or tag, got {revision!r}")
+        revision = None
+    if not isinstance(trust, bool):
+        err(f"trust_remote_code: expected true or false, got {trust!r}")
+        trust = False
+    if trust and not (isinstance(revision, str) and re.fullmatch(r"[0-9a-f]{40}", revision)):
+        got = f"revision {revision!r}" if revision else "no revision"
+        err(
+            "trust_remote_code: true runs Python code from the model's repository; it needs "
+            f"revision: pinned to a full 40-character commit hash (got {got})"
+        )
+        trust = False
+    return revision, trust
 
 
 def parse_seed(raw: dict[str, Any], err: Err) -> int:

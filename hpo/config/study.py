@@ -29,6 +29,7 @@ from hpo.config.fields import (
     load_mapping,
     objective_dict,
     parse_data,
+    parse_model_trust,
     parse_section,
     parse_seed,
     parse_task,
@@ -180,6 +181,10 @@ class StudySpec:
     warm_start: Any = None
     """``hpo run --warm-start``: a ``hpo.warmstart.WarmStart`` (not a file key); the run that
     creates or resumes the study enqueues it once."""
+    revision: str | None = None
+    """The model's hub revision (commit hash, branch or tag); None: the default branch."""
+    trust_remote_code: bool = False
+    """Run Python code from the model's repository (needs ``revision`` pinned to a commit)."""
 
     @property
     def direction(self) -> str:
@@ -288,6 +293,7 @@ def parse_study(raw: dict[str, Any], path: Path, *, read_data: bool = False) -> 
         err(f"description: expected a string, got {description!r}")
         description = ""
     seed = parse_seed(raw, err)
+    revision, trust_remote_code = parse_model_trust(raw, err)
     storage = raw.get("storage")
     if storage is not None and not isinstance(storage, str):
         err(f"storage: expected a URL string, got {storage!r}")
@@ -363,6 +369,8 @@ def parse_study(raw: dict[str, Any], path: Path, *, read_data: bool = False) -> 
         space_ref=str(space_ref),
         path=fname,
         model_path=model_path,
+        revision=revision,
+        trust_remote_code=trust_remote_code,
     )
 
 
@@ -479,4 +487,8 @@ def study_as_dict(spec: StudySpec) -> dict[str, Any]:
         out["objective"] = {**out["objective"], "metrics": spec.objectives, "directions": spec.directions}
     if spec.constraints:
         out["constraints"] = constraints_dict(spec.constraints)
+    if spec.revision is not None:  # only when set, like task options
+        out["revision"] = spec.revision
+    if spec.trust_remote_code:
+        out["trust_remote_code"] = True
     return out

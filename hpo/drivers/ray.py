@@ -22,6 +22,7 @@ which only a finished run knows.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -29,6 +30,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -379,13 +381,14 @@ def run_ray(
         }
         env["TOKENIZERS_PARALLELISM"] = "false"
         try:
-            ray.init(
-                address=address,
-                runtime_env={"env_vars": env},
-                include_dashboard=False,
-                log_to_driver=True,
-                logging_level=logging.ERROR,
-            )
+            with _redacted_entrypoint():
+                ray.init(
+                    address=address,
+                    runtime_env={"env_vars": env},
+                    include_dashboard=False,
+                    log_to_driver=True,
+                    logging_level=logging.ERROR,
+                )
         except (ConnectionError, ValueError, RuntimeError) as e:
             raise UserError(f"--address {address}: cannot connect to Ray ({redact(str(e))})") from None
         started_ray = True
@@ -480,6 +483,28 @@ def run_ray(
     if control.signal_name is not None:
         raise KeyboardInterrupt(control.signal_name)
     return optuna.load_study(study_name=spec.name, storage=storage)
+
+
+@contextlib.contextmanager
+def _redacted_entrypoint() -> Iterator[None]:
+    """Ray records the driver's command line as the job's entry point (``ray list jobs``, the
+    dashboard); a password given with ``--storage`` is replaced by ``***`` there too."""
+    from hpo.storage import redact
+
+    try:
+        import ray._private.utils as ray_utils
+    except ImportError:
+        yield
+        return
+    original = getattr(ray_utils, "get_entrypoint_name", None)
+    if original is None:
+        yield
+        return
+    ray_utils.get_entrypoint_name = lambda: redact(original())
+    try:
+        yield
+    finally:
+        ray_utils.get_entrypoint_name = original
 
 
 def _define_by_run(spec: StudySpec) -> Any:

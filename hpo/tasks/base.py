@@ -125,8 +125,10 @@ class Task:
     the tokenized dataset: model inputs and :attr:`label_columns`."""
     auto_class: str
     """The transformers Auto class of its models (``AutoModelForSequenceClassification``)."""
-    load_model: Callable[[str, list[str]], Any]
-    """(model path, label names) -> the pretrained model with this task's head."""
+    load_model: Callable[..., Any]
+    """(model path, label names, **from_pretrained options) -> the pretrained model with this
+    task's head; the options (``revision``, ``trust_remote_code``) are passed only when a study
+    sets them (:func:`hpo.models.pretrained_options`)."""
     init_head: Callable[[Any, int], None]
     """(fresh copy of the base model, seed) -> re-initialise the task head from the seed, so a
     trial and its retrain start from the same weights whichever trials ran before."""

@@ -103,8 +103,9 @@ def encode(
 # --------------------------------------------------------------------------- model and metrics
 
 
-def load_model(path: str, label_names: list[str]) -> Any:
-    """Load the base weights with a fresh classification head of ``len(label_names)`` outputs."""
+def load_model(path: str, label_names: list[str], **options: Any) -> Any:
+    """Load the base weights with a fresh classification head of ``len(label_names)`` outputs;
+    ``options``: ``revision``/``trust_remote_code`` (:func:`hpo.models.pretrained_options`)."""
     from transformers import AutoModelForSequenceClassification
 
     return AutoModelForSequenceClassification.from_pretrained(
@@ -112,6 +113,7 @@ def load_model(path: str, label_names: list[str]) -> Any:
         num_labels=len(label_names),
         id2label=dict(enumerate(label_names)),
         label2id={n: i for i, n in enumerate(label_names)},
+        **options,
     )
 
 

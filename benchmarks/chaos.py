@@ -150,7 +150,17 @@ class Workers:
         log = open(self.folder / f"worker{index}.{self.starts[index]}.log", "wb")
         self.starts[index] += 1
         self.procs[index] = subprocess.Popen(
-            [sys.executable, "-m", "hpo", "worker", str(self.study), "--timeout", str(remaining), "--threads", "1"],
+            [
+                sys.executable,
+                "-m",
+                "hpo",
+                "worker",
+                str(self.study),
+                "--timeout",
+                str(remaining),
+                "--threads",
+                "1",
+            ],
             cwd=ROOT,
             env=self.env,
             stdout=log,

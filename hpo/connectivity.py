@@ -124,5 +124,3 @@ def sweep_allowed(storage: Any, grace: float | None) -> bool:
             return False
         return True  # a server that refuses the query (permissions): heartbeats alone decide
     return uptime is None or uptime >= grace
-
-

@@ -90,7 +90,9 @@ class ThrowawayPostgres:
     def start(self) -> None:
         """Start the server and wait until it accepts connections (crash recovery included)."""
         # fsync off: a test server's data need not survive a power cut, and fsync is slow here.
-        opts = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+        opts = (
+            f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200"
+        )
         self._run("pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.log), "-w", "-t", "60", "start")
 
     def stop(self, mode: str = "fast") -> None:

@@ -65,7 +65,12 @@ def test_unreachable_database_at_start_is_one_line_and_exit_1(tmp_path: Path, ti
     url = f"postgresql://hpo:{SECRET}@127.0.0.1:{free_port()}/hpo"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HPO_STORAGE": url}
     proc = subprocess.run(
-        [sys.executable, "-m", "hpo", "run", str(path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "hpo", "run", str(path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 1, proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -86,7 +91,9 @@ def test_trial_survives_a_short_outage_and_a_long_one_fails_it_with_the_reason(
     from hpo.storage import open_storage
     from hpo.study import open_study
 
-    spec = load_study(write_study(tmp_path, tiny_model_dir, execution={"heartbeat_interval": 1, "grace_period": 2}))
+    spec = load_study(
+        write_study(tmp_path, tiny_model_dir, execution={"heartbeat_interval": 1, "grace_period": 2})
+    )
     storage = open_storage(pg.url, heartbeat_interval=1, grace_period=2)
     study = open_study(spec, storage)
     lines: list[str] = []
@@ -158,7 +165,9 @@ def test_two_workers_train_through_a_restart_and_a_kill_9_of_the_database(
         restarted = time.time()
         pg.restart()
         _wait_for(
-            lambda: [t for t in training() if t.datetime_start.timestamp() > restarted], 120, "a trial after the restart"
+            lambda: [t for t in training() if t.datetime_start.timestamp() > restarted],
+            120,
+            "a trial after the restart",
         )
         killed = time.time()
         pg.kill9()
@@ -183,8 +192,6 @@ def test_two_workers_train_through_a_restart_and_a_kill_9_of_the_database(
             assert any(r.user_attrs.get("retry_of") == t.number and r.state == TS.COMPLETE for r in trials)
 
     def spans(moment: float) -> bool:
-        return any(
-            t.datetime_start.timestamp() < moment < t.datetime_complete.timestamp() for t in done
-        )
+        return any(t.datetime_start.timestamp() < moment < t.datetime_complete.timestamp() for t in done)
 
     assert spans(restarted) and spans(killed)

@@ -79,7 +79,10 @@ def test_storage_file_and_worker_storage_errors_are_one_line(
 @pytest.mark.parametrize(
     ("text", "problem"),
     [
-        ("name: !!python/object/apply:os.system ['touch /tmp/pwned']\n", "tag !!python/object/apply:os.system"),
+        (
+            "name: !!python/object/apply:os.system ['touch /tmp/pwned']\n",
+            "tag !!python/object/apply:os.system",
+        ),
         ("name: !custom x\n", "tag !custom"),
         ("a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n", "anchor &a"),
         ("name: t\nspace: " + "[" * 40 + "]" * 40 + "\n", "nested deeper than 32 levels"),
@@ -119,7 +122,9 @@ def test_trust_remote_code_needs_a_pinned_revision(tmp_path: Path, tiny_model_di
 
     pinned = "0123456789abcdef0123456789abcdef01234567"
     for extra in ({}, {"revision": "main"}, {"revision": pinned[:12]}):
-        with pytest.raises(ConfigError, match="trust_remote_code: true runs Python code .* 40-character commit"):
+        with pytest.raises(
+            ConfigError, match="trust_remote_code: true runs Python code .* 40-character commit"
+        ):
             load_study(write_study(tmp_path, tiny_model_dir, trust_remote_code=True, **extra))
     with pytest.raises(ConfigError, match="trust_remote_code: expected true or false, got 'yes'"):
         load_study(write_study(tmp_path, tiny_model_dir, trust_remote_code="yes"))
@@ -130,7 +135,9 @@ def test_trust_remote_code_needs_a_pinned_revision(tmp_path: Path, tiny_model_di
     assert stored["revision"] == pinned and stored["trust_remote_code"] is True
 
 
-def test_model_code_is_not_run_and_weights_come_from_safetensors(tmp_path: Path, tiny_model_dir: Path) -> None:
+def test_model_code_is_not_run_and_weights_come_from_safetensors(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
     """A folder whose config asks for its own Python code is refused (the code never runs);
     beside ``model.safetensors`` a ``pytorch_model.bin`` (pickle) is never read."""
     from hpo.tasks.sequence_classification import load_model

@@ -447,7 +447,9 @@ def run_ray(
             verbose=0,
             stop=_signal_stopper(control, on_signal),
             callbacks=[_progress_callback(spec, study, stream)],
-            failure_config=tune.FailureConfig(max_failures=0),
+            # A trial whose worker process or node died runs again (from its start: hpo
+            # writes no checkpoints there), as the Optuna driver retries a dead worker's trial.
+            failure_config=tune.FailureConfig(max_failures=spec.execution.max_retries),
         ),
     )
     capped = (

@@ -135,6 +135,10 @@ def _threads_from_ray() -> int:
     return max(1, int(cpus))
 
 
+class TrialAlreadyFailed(RuntimeError):
+    """A retried Ray trial whose previous attempt raised (its fail_reason is already stored)."""
+
+
 def trainable(config: dict[str, Any], spec: StudySpec | None = None, url: str | None = None) -> None:
     """One Ray Tune trial: rebuild the config from the sampled parameters and run it.
 
@@ -151,6 +155,15 @@ def trainable(config: dict[str, Any], spec: StudySpec | None = None, url: str | 
     assert spec is not None and url is not None
     metric = spec.objective.metric
     rec = RayRecorder(_worker_storage(url), int(config[TRIAL_ID_KEY]), spec.name, metric)
+    # Tune runs a trial again when its worker or node died (FailureConfig, execution.max_retries);
+    # an attempt that raised in Python recorded why, and would only raise again.
+    earlier = rec.frozen().user_attrs
+    if "fail_reason" in earlier:
+        raise TrialAlreadyFailed(str(earlier["fail_reason"]))
+    attempt = int(earlier.get("ray_attempts", 0)) + 1
+    rec.record({"ray_attempts": attempt})
+    if attempt > 1:
+        rec.record({"retried_after": "its Ray worker or node was lost during the previous attempt"})
     try:
         torch.set_num_threads(_threads_from_ray())
         ctx = _worker_context(spec)

@@ -124,3 +124,35 @@ def sweep_allowed(storage: Any, grace: float | None) -> bool:
             return False
         return True  # a server that refuses the query (permissions): heartbeats alone decide
     return uptime is None or uptime >= grace
+
+
+def started_without_heartbeat(storage: Any, study_id: int, older_than: float) -> list[int]:
+    """RUNNING trials of the study that never recorded a heartbeat, started over ``older_than``
+    seconds ago: their worker died between starting the trial and its first beat (a SIGKILL, or
+    a database that went away right then). Optuna never counts them as stale.
+    """
+    import datetime
+
+    import optuna
+    from optuna.storages._rdb import models
+
+    backend = getattr(storage, "_backend", storage)
+    session = backend.scoped_session()
+    try:
+        beat = models.TrialHeartbeatModel
+        rows = (
+            # Optuna 5 keeps the start as naive UTC in this column (its datetime_start property
+            # converts it to local time).
+            session.query(models.TrialModel.trial_id, models.TrialModel._datetime_start_utc)
+            .outerjoin(beat, beat.trial_id == models.TrialModel.trial_id)
+            .filter(models.TrialModel.study_id == study_id)
+            .filter(models.TrialModel.state == optuna.trial.TrialState.RUNNING)
+            .filter(beat.trial_id.is_(None))
+            .all()
+        )
+        session.commit()
+    finally:
+        session.close()
+    now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    limit = now - datetime.timedelta(seconds=older_than)
+    return [trial_id for trial_id, start in rows if start is not None and start < limit]

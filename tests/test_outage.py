@@ -195,3 +195,31 @@ def test_two_workers_train_through_a_restart_and_a_kill_9_of_the_database(
         return any(t.datetime_start.timestamp() < moment < t.datetime_complete.timestamp() for t in done)
 
     assert spans(restarted) and spans(killed)
+
+
+def test_a_trial_that_never_beat_is_failed_after_the_grace_period(tmp_path: Path, tiny_model_dir: Path) -> None:
+    """A worker killed between starting a trial and its first heartbeat left it RUNNING for
+    good (Optuna counts only trials with a stale heartbeat); it is failed and retried."""
+    import datetime
+
+    from hpo.config import load_study
+    from hpo.storage import open_storage, sweep_stale_trials
+    from hpo.study import open_study
+
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    storage = open_storage(url, heartbeat_interval=1, grace_period=1)
+    study = open_study(load_study(write_study(tmp_path, tiny_model_dir)), storage)
+    trial = study.ask()
+    trial.suggest_float("x", 0.0, 1.0)
+    assert sweep_stale_trials(study) == []  # started just now
+    backend = storage._backend if hasattr(storage, "_backend") else storage
+    utc_now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
+    old = utc_now - datetime.timedelta(seconds=30)  # stored as naive UTC
+    with backend.engine.begin() as conn:
+        import sqlalchemy
+
+        conn.execute(sqlalchemy.text("UPDATE trials SET datetime_start = :t"), {"t": old})
+    assert sweep_stale_trials(study) == [0]
+    trials = study.get_trials()
+    assert trials[0].state == TS.FAIL and trials[0].user_attrs["fail_reason"].startswith("worker lost")
+    assert trials[1].state == TS.WAITING and trials[1].user_attrs["retry_of"] == 0

@@ -235,6 +235,11 @@ def account(url: str) -> dict[str, Any]:
         "lost_trials": lost_numbers,
         "duplicated": duplicated,
         "left_running": by_state.get("RUNNING", 0),
+        "left_running_trials": [
+            {"number": t.number, "worker": t.user_attrs.get("worker"), "started": str(t.datetime_start)}
+            for t in trials
+            if t.state == TS.RUNNING
+        ],
         "waiting": by_state.get("WAITING", 0),
         "trial_seconds": round(total, 1),
         "trial_seconds_lost_to_faults": round(lost_compute, 1),

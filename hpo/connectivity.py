@@ -156,3 +156,13 @@ def started_without_heartbeat(storage: Any, study_id: int, older_than: float) ->
     now = datetime.datetime.now(datetime.timezone.utc).replace(tzinfo=None)
     limit = now - datetime.timedelta(seconds=older_than)
     return [trial_id for trial_id, start in rows if start is not None and start < limit]
+
+
+def stale_trial_ids(storage: Any, study_id: int, optuna_stale: Any) -> list[int]:
+    """The trials a sweep may fail: Optuna's stale ones (``optuna_stale(study_id)``) and those
+    that never beat, and none while heartbeats cannot be trusted (:func:`sweep_allowed`)."""
+    grace = storage.grace_period
+    if not sweep_allowed(storage, grace):
+        return []
+    ids: list[int] = optuna_stale(study_id)
+    return ids + started_without_heartbeat(storage, study_id, (grace or 0) + 10)

@@ -205,13 +205,9 @@ def _storage_class() -> Any:
         """RDBStorage that writes why a stale trial failed before Optuna fails it."""
 
         def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-            from hpo.connectivity import started_without_heartbeat, sweep_allowed
+            from hpo.connectivity import stale_trial_ids  # none right after an outage
 
-            # Right after a database outage every heartbeat looks stale (hpo.outage).
-            if not sweep_allowed(self, self.grace_period):
-                return []
-            ids: list[int] = super()._get_stale_trial_ids(study_id)
-            ids += started_without_heartbeat(self, study_id, (self.grace_period or 0) + 10)
+            ids = stale_trial_ids(self, study_id, super()._get_stale_trial_ids)
             for trial_id in ids:
                 try:
                     self.set_trial_user_attr(

@@ -146,12 +146,12 @@ def encode(
 # --------------------------------------------------------------------------- model and metrics
 
 
-def load_model(path: str, label_names: list[str]) -> Any:
+def load_model(path: str, label_names: list[str], **options: Any) -> Any:
     """The pretrained decoder with its (often tied) LM head, in float32."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **options)
 
 
 def collator(tokenizer: Any, model: Any = None) -> Any:

@@ -371,11 +371,11 @@ def encode(
         raise DataError(f"{split} split: {exc}") from None
 
 
-def load_model(path: str, label_names: list[str]) -> Any:
+def load_model(path: str, label_names: list[str], **options: Any) -> Any:
     """The base weights with a fresh span head (start and end logit per token)."""
     from transformers import AutoModelForQuestionAnswering
 
-    return AutoModelForQuestionAnswering.from_pretrained(path)
+    return AutoModelForQuestionAnswering.from_pretrained(path, **options)
 
 
 def collator(tokenizer: Any, model: Any = None) -> Any:

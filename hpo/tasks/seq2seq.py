@@ -221,11 +221,11 @@ def encode_split(
     )
 
 
-def load_model(path: str, label_names: list[str]) -> Any:
+def load_model(path: str, label_names: list[str], **options: Any) -> Any:
     """The pretrained encoder-decoder with its LM head (nothing is new)."""
     from transformers import AutoModelForSeq2SeqLM
 
-    return AutoModelForSeq2SeqLM.from_pretrained(path)
+    return AutoModelForSeq2SeqLM.from_pretrained(path, **options)
 
 
 def collator(tokenizer: Any, model: Any = None) -> Any:

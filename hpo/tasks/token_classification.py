@@ -424,7 +424,7 @@ def encode_split(
     return columns
 
 
-def load_model(path: str, label_names: list[str]) -> Any:
+def load_model(path: str, label_names: list[str], **options: Any) -> Any:
     """The base weights with a fresh token-classification head of ``len(label_names)`` outputs.
 
     A checkpoint that has a head of another size (a classifier fine-tuned on other labels)
@@ -438,6 +438,7 @@ def load_model(path: str, label_names: list[str]) -> Any:
         num_labels=len(label_names),
         id2label=dict(enumerate(label_names)),
         label2id={n: i for i, n in enumerate(label_names)},
+        **options,
     )
 
 

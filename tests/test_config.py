@@ -160,7 +160,7 @@ def test_set_overrides_and_space_by_path(tmp_path: Path) -> None:
 def test_unknown_space_name_lists_shipped(tmp_path: Path) -> None:
     f = tmp_path / "s.yaml"
     f.write_text("name: s\nmodel: minilm\ndata: {source: builtin:reviews}\nspace: nope\n")
-    with pytest.raises(ConfigError, match="shipped: default, llm, quickstart, strategy-aware"):
+    with pytest.raises(ConfigError, match="shipped: default, llm, quickstart, span-tasks, strategy-aware"):
         load_study(f)
 
 

@@ -532,3 +532,15 @@ def test_task_evaluator_answers_each_question_from_the_best_of_its_windows(minil
         ]
         == 0.5
     )
+
+
+def test_cross_validation_is_refused_for_qa_windows(tmp_path: Path) -> None:
+    from hpo.config import ConfigError, load_study
+
+    path = tmp_path / "s.yaml"
+    path.write_text(
+        "name: s\ntask: question-answering\nmodel: minilm\ndata: {source: builtin:reviews}\n"
+        "evaluation: {folds: 3}\n"
+    )
+    with pytest.raises(ConfigError, match=r"evaluation.folds: not supported for task question-answering"):
+        load_study(path)

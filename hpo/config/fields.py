@@ -83,12 +83,19 @@ class EvaluationSpec:
     folds. None: the single validation split."""
 
 
-def check_evaluation(evaluation: EvaluationSpec, objective: ObjectiveSpec, err: Err) -> None:
+def check_evaluation(evaluation: EvaluationSpec, objective: ObjectiveSpec, err: Err, task: str = "") -> None:
     """``evaluation.folds``: an integer >= 2; not with ``objective.select: best`` (each fold would
-    stop at its own step, and a retrain on the pooled rows has none to stop at)."""
+    stop at its own step, and a retrain on the pooled rows has none to stop at); not for a task
+    whose rows encode to several features (QA windows: folds select tokenized rows)."""
+    from hpo.tasks import TASKS
+
     k = evaluation.folds
     if k is None:
         return
+    if task in TASKS and TASKS[task].row_features:
+        err(
+            f"evaluation.folds: not supported for task {task} (a row is cut into several windows); use a validation split"
+        )
     if isinstance(k, bool) or not isinstance(k, int) or k < 2:
         err(f"evaluation.folds: expected an integer >= 2 (or null for the validation split), got {k!r}")
     elif objective.select == "best":

@@ -344,7 +344,7 @@ def parse_retrain(raw: dict[str, Any], path: Path, *, read_data: bool = False) -
     objective = parse_section(ObjectiveSpec, raw.get("objective"), "objective", err)
     check_objective(objective, task, err)
     evaluation = parse_section(EvaluationSpec, raw.get("evaluation"), "evaluation", err)
-    check_evaluation(evaluation, objective, err)
+    check_evaluation(evaluation, objective, err, task)
     check_task(task, task_options, objective.metric, model_config, err, data.max_length)
 
     if problems:

@@ -324,7 +324,7 @@ def parse_study(raw: dict[str, Any], path: Path, *, read_data: bool = False) -> 
             f"constraints: sampler {sampler.name!r} cannot steer away from infeasible trials "
             f"(use sampler.name {', '.join(CONSTRAINT_SAMPLERS)})"
         )
-    check_evaluation(evaluation, objective, err)
+    check_evaluation(evaluation, objective, err, task)
     check_task(task, task_options, objective.metric, model_config, err, data.max_length)
     _check_budget(budget, err)
     _check_sampler(sampler, err)

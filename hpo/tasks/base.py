@@ -160,6 +160,9 @@ class Task:
     """(worker context, trained model, split name) -> generated examples, each a mapping with
     ``input``, ``reference`` and ``generated`` text, which ``hpo retrain`` writes to
     ``samples.jsonl`` next to ``metrics.json``. None: the task generates no text."""
+    row_features: bool = False
+    """Encoding may cut one row into several features (QA windows), so tokenized rows cannot be
+    selected by row position (cross-validation folds refuse the task)."""
     large_groups: bool = False
     """A :attr:`group` holds many rows (one article's questions): a carve takes the share of
     groups that matches the rows asked for, instead of that many groups."""

@@ -436,4 +436,5 @@ TASK = Task(
     options=OPTIONS,
     check_options=check_options,
     large_groups=True,
+    row_features=True,
 )

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from hpo.config.objectives import COSTS, feasibility_attrs, objective_values
+from hpo.config.objectives import feasibility_attrs, objective_values
 from hpo.context import WorkerContext
 from hpo.crossval import train_folds
 from hpo.space import TrialConfig
@@ -97,8 +97,10 @@ def run_trial(
     if repeat is not None:
         # Within sampler.skip_repeats of a trained trial, same seed: training it again would
         # measure noise, not the configuration.
-        # It stands for the trained trial: the same costs, the same feasibility.
-        copied = {k: repeat.user_attrs[k] for k in REPEAT_ATTRS if k in repeat.user_attrs}
+        # It stands for the trained trial: the same feasibility, and the quantities the
+        # sampler's constraints_func reads (only those: a repeat records no training).
+        keys = [c.attr() for c in spec.constraints] + (["feasible", "infeasible"] if spec.constraints else [])
+        copied = {k: repeat.user_attrs[k] for k in keys if k in repeat.user_attrs}
         recorder.record({"repeat_of": repeat.number, **copied})
         values = [float(v) for v in repeat.values]
         return TrialResult(values[0], repeat_of=repeat.number, values=values)
@@ -146,10 +148,6 @@ def run_trial(
         return TrialResult(None, outcome=out, pruned=True)
     values = objective_values(spec.objectives, out.metrics, attrs)
     return TrialResult(values[0], outcome=out, values=values)
-
-
-REPEAT_ATTRS = (*COSTS, "trainable_percent", "total_params", "feasible", "infeasible")
-"""What a repeat copies from the trial it repeats (its objective values and constraints read them)."""
 
 
 def trial_checkpoint(spec: Any, frozen: Any, recorder: TrialRecorder) -> Any:

@@ -78,6 +78,7 @@ def run(
     address: str | None = None,
     warm_start: str | None = None,
     top: int | None = None,
+    tracking: Mapping[str, Any] | None = None,
 ) -> Any:
     """Create or resume the study and optimize: what ``hpo run`` does.
 
@@ -98,6 +99,9 @@ def run(
         warm_start: ``NAME[@STORAGE]`` of an earlier study whose best trials run first
             (:mod:`hpo.warmstart`; once per study).
         top: How many of its best trials (default 3).
+        tracking: Experiment tracking as the study file's ``tracking:`` takes it
+            (``{"mlflow": {"uri": "http://127.0.0.1:5000"}, "tensorboard": "runs/tb"}``); the
+            kinds it names replace the file's (``hpo run --tracking``).
 
     Returns:
         The Optuna study.
@@ -110,14 +114,15 @@ def run(
     import dataclasses
     from datetime import datetime
 
+    from hpo.config import apply_tracking
     from hpo.display import print_summary
     from hpo.drivers import get_driver
     from hpo.options import resolve_options
     from hpo.results import run_failure
     from hpo.storage import backend_name, redact
 
-    if not isinstance(spec, StudySpec):
-        spec = load_study(spec)
+    loaded: StudySpec = spec if isinstance(spec, StudySpec) else load_study(spec)
+    loaded = apply_tracking(loaded, None if tracking is None else dict(tracking))
     _positive("n_trials", n_trials)
     _positive("trials_per_gpu", trials_per_gpu)
     if workers is not None and workers != "auto":
@@ -145,20 +150,20 @@ def run(
     if warm_start:
         from hpo.warmstart import parse_warm_start
 
-        spec = dataclasses.replace(spec, warm_start=parse_warm_start(warm_start, top or 3))
+        spec = dataclasses.replace(loaded, warm_start=parse_warm_start(warm_start, top or 3))
     elif top is not None:
         raise UserError("--top: only with --warm-start")
-    opts = resolve_options(flags, spec)  # argument > env > study file > default, every option
+    opts = resolve_options(flags, loaded)  # argument > env > study file > default, every option
     url = opts.storage
-    if spec.warm_start is not None:  # a bad source is refused before anything is created
+    if loaded.warm_start is not None:  # a bad source is refused before anything is created
         from hpo.warmstart import source_trials
 
-        source_trials(spec.warm_start, url, spec.name)
+        source_trials(loaded.warm_start, url, loaded.name)
     print(
-        f"study {spec.name!r} in {redact(url)}: {opts.n_trials} trials, space {spec.space_ref} "
-        f"({', '.join(spec.space.strategies)}), "
-        + ", ".join(f"{m} ({d})" for m, d in zip(spec.objectives, spec.directions, strict=True))
-        + (f"; constraints: {', '.join(c.text for c in spec.constraints)}" if spec.constraints else ""),
+        f"study {loaded.name!r} in {redact(url)}: {opts.n_trials} trials, space {loaded.space_ref} "
+        f"({', '.join(loaded.space.strategies)}), "
+        + ", ".join(f"{m} ({d})" for m, d in zip(loaded.objectives, loaded.directions, strict=True))
+        + (f"; constraints: {', '.join(c.text for c in loaded.constraints)}" if loaded.constraints else ""),
         flush=True,
     )
     # This run's trials are those started from now on (the study may hold earlier runs'); MySQL
@@ -169,7 +174,7 @@ def run(
     # Ray reads the workers argument only: the file's execution.workers is about local processes.
     if backend == "ray":
         opts = dataclasses.replace(opts, workers=workers or "auto")
-    study = get_driver(backend)(spec, opts, address=address)
+    study = get_driver(backend)(loaded, opts, address=address)
     print_summary(study)
     ours = [t for t in study.get_trials(deepcopy=False) if t.datetime_start and t.datetime_start >= started]
     failure = run_failure(ours)
@@ -306,6 +311,8 @@ def retrain(
     overrides: Mapping[str, Any] | None = None,
     *,
     overwrite: bool = False,
+    tracking: Mapping[str, Any] | None = None,
+    storage: str | None = None,
     quiet: bool = False,
 ) -> Any:
     """Train an exported configuration, evaluate it on the test split, save it: ``hpo retrain``.
@@ -316,6 +323,12 @@ def retrain(
             unless ``overwrite``.
         overrides: The keys ``hpo retrain --set`` takes, e.g. ``{"training.num_train_epochs": 3}``.
         overwrite: Replace what an earlier retrain wrote in ``output``.
+        tracking: Experiment tracking of this run (``{"mlflow": {"uri": ...}}``; the kinds it
+            names replace the spec's ``tracking:``): with MLflow, a run of its own with the
+            model and metrics as artifacts.
+        storage: The study's storage, for attaching ``metrics.json``, ``metrics.png`` and the
+            spec to the trial in optuna-dashboard (default ``$HPO_STORAGE``, else the spec's
+            ``provenance.storage``); given here, a trial that cannot be found is an error.
         quiet: Print nothing.
 
     Returns:
@@ -333,11 +346,16 @@ def retrain(
         dict(overrides or {}),
         quiet=quiet,
         overwrite=overwrite,
+        tracking=None if tracking is None else dict(tracking),
+        storage=storage,
     )
 
 
-def report(study_name: str, output: str | Path, storage: str | None = None) -> Any:
+def report(study_name: str, output: str | Path, storage: str | None = None, note: bool = True) -> Any:
     """Write the study's plots (PNG and HTML) and an index page: what ``hpo report`` does.
+
+    With ``note``, the per-strategy table and the plots also go into the study's note, which
+    optuna-dashboard shows on the study page (the plots through the study's artifact store).
 
     Returns:
         ``hpo.report.Report``: the files written and the plots skipped with their reasons.
@@ -347,4 +365,4 @@ def report(study_name: str, output: str | Path, storage: str | None = None) -> A
     """
     from hpo.report import write_report
 
-    return write_report(_storage(storage), study_name, Path(output))
+    return write_report(_storage(storage), study_name, Path(output), note=note)

@@ -36,6 +36,16 @@ def _overrides(pairs: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def _tracking(pairs: list[str] | None) -> dict[str, Any] | None:
+    """``--tracking mlflow=URI`` / ``mlflow.experiment=NAME`` / ``tensorboard=DIR`` as a mapping."""
+    from hpo.config import tracking_flags
+
+    try:
+        return tracking_flags(pairs)
+    except ValueError as e:
+        raise UserError(f"--tracking: {e}") from None
+
+
 def _storage(args: argparse.Namespace) -> str:
     """The storage URL of a command without a study file (flag > HPO_STORAGE > default)."""
     from hpo.options import resolve_storage
@@ -124,6 +134,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         address=args.address,
         warm_start=args.warm_start,
         top=args.top,
+        tracking=_tracking(args.tracking),
     )
     return 0
 
@@ -172,7 +183,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from hpo.api import report as write_report
 
-    report = write_report(args.name, Path(args.output), _storage(args))
+    report = write_report(args.name, Path(args.output), _storage(args), note=not args.no_note)
     for path in report.paths:
         print(path)
     for note in report.skipped:
@@ -191,14 +202,20 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_retrain(args: argparse.Namespace) -> int:
     from hpo.api import retrain
 
-    retrain(args.file, args.output, _overrides(args.set), overwrite=args.overwrite)
+    retrain(
+        args.file,
+        args.output,
+        _overrides(args.set),
+        overwrite=args.overwrite,
+        tracking=_tracking(args.tracking),
+    )
     return 0
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from hpo.dashboard import serve
 
-    serve(_storage(args), host=args.host, port=args.port)
+    serve(_storage(args), host=args.host, port=args.port, artifacts=args.artifacts)
     return 0
 
 
@@ -292,6 +309,10 @@ def _port(value: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="hpo", description="Hyperparameter search over how to fine-tune language models.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    tracking_help = (
+        "log to MLflow or TensorBoard besides the study: mlflow=URI, mlflow.experiment=NAME, "
+        "tensorboard=DIR (repeatable; replaces the file's tracking: of that kind)"
+    )
     storage_help = (
         "storage URL (default: $HPO_STORAGE, the study file's storage:, else sqlite:///studies/hpo.db)"
     )
@@ -318,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="first train the best trials of an earlier study (default storage: this run's)",
     )
     r.add_argument("--top", type=_positive, help="how many of its best trials (default 3)")
+    r.add_argument("--tracking", action="append", metavar="KIND=TARGET", help=tracking_help)
     r.set_defaults(func=cmd_run)
 
     w = sub.add_parser("worker", help="join the study as one more worker (creating it if it does not exist)")
@@ -362,6 +384,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("-o", "--output", required=True, help="output folder")
     rp.add_argument("--storage", help=storage_help)
     rp.add_argument("--storage-file", metavar="FILE", help=file_help)
+    rp.add_argument(
+        "--no-note",
+        action="store_true",
+        help="do not write the table and plots into the study's dashboard note",
+    )
     rp.set_defaults(func=cmd_report)
 
     e = sub.add_parser("export", help="write a retraining spec of the best (or given) trial")
@@ -386,6 +413,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="use an output folder that already holds files: replace the model, metrics.json, "
         "config.yaml and metrics.png there (other files stay)",
     )
+    rt.add_argument("--tracking", action="append", metavar="KIND=TARGET", help=tracking_help)
+    rt.add_argument(
+        "--storage",
+        help="the study's storage, to attach metrics and chart to the trial in the dashboard "
+        "(default: $HPO_STORAGE, else the spec's provenance.storage)",
+    )
     rt.set_defaults(func=cmd_retrain)
 
     d = sub.add_parser("dashboard", help="serve optuna-dashboard on the storage")
@@ -393,6 +426,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--storage-file", metavar="FILE", help=file_help)
     d.add_argument("--host", default="127.0.0.1")
     d.add_argument("--port", type=_port, default=8080, help="TCP port 1..65535 (default 8080)")
+    d.add_argument(
+        "--artifacts",
+        help="artifact store folder (default: artifacts/ beside the SQLite file, else the studies' execution.artifacts)",
+    )
     d.set_defaults(func=cmd_dashboard)
     p.commands = dict(sub.choices)
     return p

@@ -32,6 +32,16 @@ class WorkerContext:
     worker: str
     _base: Any = None
     load_seconds: float = 0.0
+    _tracker: Any = None
+
+    def tracker(self) -> Any:
+        """The study's experiment tracking in this worker (``hpo.tracking.Tracker``), or None."""
+        if self._tracker is None and self.spec.tracking.enabled:
+            from hpo.tracking import Tracker
+
+            self._tracker = Tracker(self.spec)
+        return self._tracker
+
     folds: list[tuple[list[int], list[int]]] | None = None
     """``evaluation.folds``: (train, validation) positions in ``datasets["pool"]`` (the train
     rows, then the validation rows) per fold; None: the single validation split."""

@@ -51,39 +51,50 @@ def bind_warning(host: str, port: int = 8080) -> str | None:
     )
 
 
-def make_app(storage_url: str) -> Any:
-    """optuna-dashboard's WSGI app on an existing storage.
+def make_app(storage_url: str, artifacts: str | None = None) -> Any:
+    """optuna-dashboard's WSGI app on an existing storage and its artifact store.
+
+    Args:
+        storage_url: The study storage.
+        artifacts: The artifact store's folder (default: :func:`hpo.artifacts.dashboard_store`).
 
     Raises:
         UserError: missing SQLite file or unreachable database.
     """
     from optuna_dashboard import wsgi
 
+    from hpo.artifacts import dashboard_store
     from hpo.storage import open_existing_storage
 
-    return wsgi(open_existing_storage(storage_url))
+    storage = open_existing_storage(storage_url)
+    store, _ = dashboard_store(storage, storage_url, artifacts)
+    return wsgi(storage, artifact_store=store)
 
 
-def make_dashboard_server(storage_url: str, host: str = "127.0.0.1", port: int = 8080) -> Any:
+def make_dashboard_server(
+    storage_url: str, host: str = "127.0.0.1", port: int = 8080, artifacts: str | None = None
+) -> Any:
     """A threaded WSGI server for the dashboard, bound but not yet serving (port 0: any free port).
 
     Raises:
         UserError: the storage cannot be opened, or the address cannot be bound.
     """
-    app = make_app(storage_url)
+    app = make_app(storage_url, artifacts)
     try:
         return make_server(host, port, app, server_class=_ThreadedServer, handler_class=_QuietHandler)
     except OSError as e:
         raise UserError(f"cannot listen on {host}:{port} ({e.strerror or e}); pick another --port") from None
 
 
-def serve(storage_url: str, host: str = "127.0.0.1", port: int = 8080) -> None:
+def serve(storage_url: str, host: str = "127.0.0.1", port: int = 8080, artifacts: str | None = None) -> None:
     """Serve the dashboard until Ctrl-C.
 
     Args:
         storage_url: The study storage (the same URL the workers use).
         host: Address to bind; anything but loopback prints a no-authentication warning.
         port: TCP port.
+        artifacts: The artifact store's folder (default: beside the SQLite file, else the one
+            the studies recorded from ``execution.artifacts``).
 
     Raises:
         UserError: the storage cannot be opened, or the address cannot be bound.
@@ -93,7 +104,7 @@ def serve(storage_url: str, host: str = "127.0.0.1", port: int = 8080) -> None:
     warning = bind_warning(host, port)
     if warning:
         print(warning, file=sys.stderr, flush=True)
-    server = make_dashboard_server(storage_url, host, port)
+    server = make_dashboard_server(storage_url, host, port, artifacts)
     shown = f"[{host}]" if ":" in host else host
     print(
         f"optuna-dashboard on http://{shown}:{server.server_port}/dashboard/ "

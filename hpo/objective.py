@@ -93,6 +93,8 @@ def run_trial(
         {HOST_ID_ATTR: local_host_id()},
     )
     frozen = recorder.frozen()
+    tracker = ctx.tracker()
+    log = tracker.start_trial(frozen.number, cfg, ctx.worker) if tracker is not None else None
     repeat = find_repeat(frozen, recorder.complete_trials(), spec.sampler.skip_repeats)
     if repeat is not None:
         # Within sampler.skip_repeats of a trained trial, same seed: training it again would
@@ -103,6 +105,8 @@ def run_trial(
         copied = {k: repeat.user_attrs[k] for k in keys if k in repeat.user_attrs}
         recorder.record({"repeat_of": repeat.number, **copied})
         values = [float(v) for v in repeat.values]
+        if log is not None:
+            log.finish("COMPLETE", values[0], tags={"repeat_of": repeat.number})
         return TrialResult(values[0], repeat_of=repeat.number, values=values)
     ckpt = trial_checkpoint(spec, frozen, recorder)
     planned = {"evaluations": 0}
@@ -119,7 +123,13 @@ def run_trial(
         # Evaluations of this attempt (a retry at half the micro-batch plans more steps).
         planned["evaluations"] = len(plan_steps(len(ctx.datasets["train"]), c, spec)[1])
         return train_and_evaluate(
-            ctx, c, seed, on_eval=on_eval, select=spec.objective.select, checkpoint=ckpt
+            ctx,
+            c,
+            seed,
+            on_eval=on_eval,
+            select=spec.objective.select,
+            checkpoint=ckpt,
+            callbacks=log.callbacks() if log is not None else None,
         )
 
     try:
@@ -132,12 +142,16 @@ def run_trial(
             record=lambda key, value: recorder.record({key: value}),
             baseline_bytes=memory_baseline(ctx.device),
         )
-    except Exception as e:
-        # A failed trial is not retried: its checkpoint is of no use. (An interrupted one,
-        # KeyboardInterrupt, keeps it: it is queued again when the study is resumed.)
-        if ckpt is not None:
-            ckpt.discard()
-        recorder.record({"fail_reason": f"{type(e).__name__}: {e}"[:1000]})
+    except BaseException as e:
+        reason = f"{type(e).__name__}: {e}"[:1000]
+        if isinstance(e, Exception):
+            # A failed trial is not retried: its checkpoint is of no use. (An interrupted one,
+            # KeyboardInterrupt, keeps it: it is queued again when the study is resumed.)
+            if ckpt is not None:
+                ckpt.discard()
+            recorder.record({"fail_reason": reason})
+        if log is not None:
+            log.finish("FAIL", reason=reason if isinstance(e, Exception) else f"interrupted ({reason})")
         raise
     if ckpt is not None:
         ckpt.discard()
@@ -145,8 +159,12 @@ def run_trial(
     attrs.update(feasibility_attrs(spec.constraints, attrs))
     recorder.record(attrs)
     if out.pruned:
+        if log is not None:
+            log.finish("PRUNED", None, attrs)
         return TrialResult(None, outcome=out, pruned=True)
     values = objective_values(spec.objectives, out.metrics, attrs)
+    if log is not None:
+        log.finish("COMPLETE", values[0], attrs)
     return TrialResult(values[0], outcome=out, values=values)
 
 

@@ -481,8 +481,11 @@ def _index_html(study: Any, written: list[tuple[_Plot, Path, Path]], skipped: li
     return "\n".join(parts)
 
 
-def write_report(storage_url: str, name: str, out_dir: Path) -> Report:
+def write_report(storage_url: str, name: str, out_dir: Path, note: bool = True) -> Report:
     """Write the study's plots as PNG and HTML, and an ``index.html`` showing them all.
+
+    With ``note``, the per-strategy table and the plots also go into the study's note in
+    optuna-dashboard (:func:`hpo.artifacts.write_note`).
 
     A plot the study cannot support yet (no complete trial, fewer than 2 complete trials for
     importances, no intermediate values) is left out and named in ``Report.skipped``.
@@ -491,6 +494,7 @@ def write_report(storage_url: str, name: str, out_dir: Path) -> Report:
         storage_url: Storage holding the study.
         name: Study name.
         out_dir: Output folder (created).
+        note: Write the study's dashboard note.
 
     Returns:
         The files written and the plots skipped with their reasons.
@@ -525,4 +529,10 @@ def write_report(storage_url: str, name: str, out_dir: Path) -> Report:
     index = out_dir / "index.html"
     index.write_text(_index_html(study, written, report.skipped), encoding="utf-8")
     report.paths.append(index)
+    if note:
+        from hpo.artifacts import markdown_table, write_note
+        from hpo.results import strategy_rows
+
+        table = markdown_table(strategy_rows(study), _metric(study))
+        write_note(study, storage_url, table, [(plot.title, png) for plot, png, _ in written])
     return report

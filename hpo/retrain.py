@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hpo.config import RetrainSpec, load_retrain_spec
+from hpo.config import RetrainSpec, apply_tracking, load_retrain_spec
 from hpo.errors import UserError, disk_full
 from hpo.strategies.prompt import trim_prompt_outputs  # hooks are not saved with an adapter
 from hpo.tasks import get_task
@@ -66,22 +66,6 @@ def default_out_dir(rspec: RetrainSpec) -> Path:
     """``runs/<study>-trial<N>`` (``-retrain`` when the trial number is unknown)."""
     study = re.sub(r"[^\w.-]+", "_", rspec.study).strip("._") or "study"
     return Path("runs") / (f"{study}-trial{rspec.trial}" if rspec.trial is not None else f"{study}-retrain")
-
-
-def _quiet() -> None:
-    """No progress bars or advice from transformers and datasets; hpo prints its own lines."""
-    import logging
-    import warnings
-
-    import datasets
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-    logging.getLogger("datasets").setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", category=UserWarning)
-    warnings.filterwarnings("ignore", category=FutureWarning)
 
 
 def evaluate_split(ctx: Any, model: Any, cfg: Any, seed: int, split: str) -> dict[str, float]:
@@ -339,6 +323,8 @@ def retrain(
     *,
     quiet: bool = False,
     overwrite: bool = False,
+    tracking: dict[str, Any] | None = None,
+    storage: str | None = None,
 ) -> RetrainResult:
     """Train an exported config, evaluate on validation and test, and save everything.
 
@@ -350,6 +336,8 @@ def retrain(
             ``{"training.num_train_epochs": 3, "data.train_limit": None}``.
         quiet: Print nothing.
         overwrite: Replace the model, metrics, config and chart in a folder that holds files.
+        tracking: ``--tracking`` (``hpo.config.tracking``): MLflow run, TensorBoard folder.
+        storage: The study's storage, to attach the files to the trial (:mod:`hpo.artifacts`).
 
     Returns:
         Metrics and paths.
@@ -360,6 +348,8 @@ def retrain(
             model problems.
     """
     from hpo.context import prepare
+    from hpo.display import quiet_libraries
+    from hpo.tracking import RetrainLogs
     from hpo.training import train_and_evaluate
 
     def say(text: str) -> None:
@@ -367,13 +357,14 @@ def retrain(
             print(text, flush=True)
 
     overrides = dict(overrides or {})
-    rspec = load_retrain_spec(file, overrides)
+    rspec = apply_tracking(load_retrain_spec(file, overrides), tracking)
     shown = f"-o {out_dir}" if out_dir is not None else None
     if out_dir is None:
         out_dir = default_out_dir(rspec)
         shown = f"output folder {out_dir} (the default; choose another with -o)"
     check_out_dir(out_dir, overwrite, shown)  # before training, so a bad path costs no run
-    _quiet()
+    logs = RetrainLogs(rspec, storage)  # the trial and the tracking server, checked now
+    quiet_libraries()
     spec = rspec.to_study_spec()
     say(f"retraining {rspec.summary()}")
     ctx = prepare(spec, need_test=True, worker="retrain")
@@ -405,10 +396,17 @@ def retrain(
 
     if rspec.stop_after_step is not None:
         say(f"stopping after step {rspec.stop_after_step} (the trial's selected evaluation)")
-    out = train_and_evaluate(
-        ctx, cfg, rspec.seed, on_eval=progress, keep_model=True, stop_after_step=rspec.stop_after_step
-    )
-    test = evaluate_split(ctx, out.model, cfg, rspec.seed, "test")
+    with logs.recording(cfg) as callbacks:  # a retrain that raises is logged as failed
+        out = train_and_evaluate(
+            ctx,
+            cfg,
+            rspec.seed,
+            on_eval=progress,
+            keep_model=True,
+            stop_after_step=rspec.stop_after_step,
+            callbacks=callbacks,
+        )
+        test = evaluate_split(ctx, out.model, cfg, rspec.seed, "test")
 
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -451,6 +449,7 @@ def retrain(
     order = get_task(rspec.task).metric_names
     say("test " + ", ".join(f"{k} {test[k]:.4f}" for k in order if k in test))
     say("wrote " + ", ".join(str(p) for p in paths))
+    logs.done(out_dir, paths, say)  # files attached to the trial, the MLflow run finished
     return RetrainResult(
         out_dir=out_dir,
         validation=out.metrics,

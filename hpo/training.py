@@ -226,6 +226,7 @@ def train_and_evaluate(
     stop_after_step: int | None = None,
     select: str = "last",
     checkpoint: Any = None,
+    callbacks: list[Any] | None = None,
 ) -> Outcome:
     """Train one configuration and evaluate on the validation split on the fixed schedule.
 
@@ -238,6 +239,7 @@ def train_and_evaluate(
     training goes on from, and resume from the latest one of the same run (same configuration,
     seed and plan) when there is one: its evaluations are reported again through ``on_eval``
     (which may prune the trial there, untrained), then only the remaining steps train.
+    ``callbacks``: more Trainer callbacks (experiment tracking, :mod:`hpo.tracking`).
     """
     import torch
     from transformers import set_seed
@@ -278,7 +280,13 @@ def train_and_evaluate(
             output_dir,
             max_steps,
             train_dataset=train_ds,
-            callbacks=[EvalSchedule(schedule), reporter, saver, StopAfterStep(stop_after_step)],
+            callbacks=[
+                EvalSchedule(schedule),
+                reporter,
+                saver,
+                StopAfterStep(stop_after_step),
+                *(callbacks or []),
+            ],
         )
         saver.trainer = trainer
         if resume is not None:

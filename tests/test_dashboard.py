@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -50,6 +51,22 @@ def db(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Iterat
         path = write_study(root, tiny_model_dir, name="dash", description="tiny dashboard study")
         run_worker(load_study(path), url, n_trials=2, timeout=None, quiet=True)
     yield url
+
+
+@pytest.fixture(scope="module")
+def attached(db: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """The best trial of "dash" retrained (its files attached to the trial) and reported (the
+    per-strategy table and plots in the study's note)."""
+    import hpo
+
+    root = tmp_path_factory.mktemp("attached")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HPO_CACHE_DIR", str(root / "cache"))
+        mp.setattr("hpo.context.CACHE_DIR", root / "cache")
+        spec = hpo.export("dash", root / "best.yaml", storage=db)
+        hpo.retrain(spec, root / "run", storage=db, quiet=True)
+        report = hpo.report("dash", root / "report", storage=db)
+    return {"best": hpo.best("dash", db).number, "report": report}
 
 
 def _get(url: str) -> bytes:
@@ -107,6 +124,33 @@ def test_api_lists_the_study_with_metric_names_and_trials(db: str) -> None:
         server.server_close()
 
 
+def test_retrain_files_and_the_report_note_are_served(db: str, attached: dict[str, object]) -> None:
+    server = make_dashboard_server(db, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        base = f"http://127.0.0.1:{server.server_port}"
+        study_id = _study_id(base, "dash")
+        detail = json.loads(_get(f"{base}/api/studies/{study_id}"))
+        trial = next(t for t in detail["trials"] if t["number"] == attached["best"])
+        files = {a["filename"]: a for a in trial["artifacts"]}
+        assert {"metrics.json", "metrics.png", "best.yaml"} <= set(files)
+        png = _get(f"{base}/artifacts/{study_id}/{trial['trial_id']}/{files['metrics.png']['artifact_id']}")
+        assert png[:8] == b"\x89PNG\r\n\x1a\n"
+        metrics = json.loads(
+            _get(f"{base}/artifacts/{study_id}/{trial['trial_id']}/{files['metrics.json']['artifact_id']}")
+        )
+        assert metrics["trial"] == attached["best"] and "accuracy" in metrics["test"]
+        # the note: the per-strategy table, and the report's plots through the study's artifacts
+        note = detail["note"]["body"]
+        assert note.startswith("## hpo report: dash") and "| strategy | trials |" in note
+        images = re.findall(r"!\[[^\]]*\]\((/artifacts/[^)]+)\)", note)
+        assert images and all(_get(base + src)[:8] == b"\x89PNG\r\n\x1a\n" for src in images)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_missing_storage_and_busy_port_are_user_errors(
     db: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -132,7 +176,7 @@ def _chromium(args: list[str]) -> subprocess.CompletedProcess[str]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
-def test_dashboard_in_headless_chromium(db: str) -> None:
+def test_dashboard_in_headless_chromium(db: str, attached: dict[str, object]) -> None:
     if shutil.which("chromium") is None:
         msg = "chromium not installed (make browser, or apt-get install chromium)"
         if REQUIRE_SERVICES:
@@ -173,6 +217,24 @@ def test_dashboard_in_headless_chromium(db: str) -> None:
         assert done.returncode == 0, done.stderr[-2000:]
         assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert shot.stat().st_size > 20_000  # a rendered page with plots, not a blank one
+        # the study's note page shows the report, rendered: heading, table, plots
+        note_page = f"{base}/dashboard/studies/{study_id}/note"
+        dom = _chromium(["--dump-dom", note_page])
+        assert "hpo report: dash" in dom.stdout and "best parameters" in dom.stdout
+        assert f"/artifacts/{study_id}/" in dom.stdout  # the plots' images
+        shot = ARTIFACTS / "dashboard-study-note.png"
+        shot.unlink(missing_ok=True)
+        assert _chromium([f"--screenshot={shot}", note_page]).returncode == 0
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+        # the retrained trial's page lists its files
+        page = f"{base}/dashboard/studies/{study_id}/trials?numbers={attached['best']}"
+        dom = _chromium(["--dump-dom", page])
+        assert "metrics.png" in dom.stdout and "metrics.json" in dom.stdout and "best.yaml" in dom.stdout
+        shot = ARTIFACTS / "dashboard-trial-artifacts.png"
+        shot.unlink(missing_ok=True)
+        assert _chromium([f"--screenshot={shot}", page]).returncode == 0
+        assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
     finally:
         proc.terminate()
         out, err = proc.communicate(timeout=30)

@@ -32,11 +32,24 @@ from hpo.config.study import (
     parse_study,
     study_as_dict,
 )
+from hpo.config.tracking import (
+    MlflowSpec,
+    TrackingSpec,
+    apply_tracking,
+    merge_tracking,
+    parse_tracking,
+    tracking_flags,
+)
 
 __all__ = [
     "DEVICES",
     "EXTRA_TRAINING_KEYS",
     "KIND",
+    "MlflowSpec",
+    "TrackingSpec",
+    "merge_tracking",
+    "parse_tracking",
+    "tracking_flags",
     "TRAINING_KEYS",
     "BudgetSpec",
     "ConfigError",
@@ -47,6 +60,7 @@ __all__ = [
     "SamplerSpec",
     "StudySpec",
     "apply_override",
+    "apply_tracking",
     "load_mapping",
     "load_retrain_spec",
     "load_space_file",

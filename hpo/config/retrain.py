@@ -56,6 +56,7 @@ from hpo.config.fields import (
     resolve_model_ref,
 )
 from hpo.config.study import BudgetSpec, ExecutionSpec, StudySpec
+from hpo.config.tracking import TrackingSpec, parse_tracking, tracking_dict
 from hpo.data import DataSpec
 from hpo.data.spec import GENERIC_KEYS
 from hpo.space import TRAINING_DEFAULTS, Param, SearchSpace, TrialConfig
@@ -73,6 +74,7 @@ TOP_KEYS = (
     "evaluation",
     "seed",
     "device",
+    "tracking",
     "provenance",
 )
 
@@ -133,6 +135,8 @@ class RetrainSpec:
     validation rows pooled (the rows the folds were cut from) and evaluates on test."""
     task_options: dict[str, Any] = field(default_factory=dict)
     """The task's options as the study set them (``task: {name: ..., option: value}``)."""
+    tracking: TrackingSpec = field(default_factory=TrackingSpec)
+    """Experiment tracking of the retrain (``tracking:``; ``--tracking`` replaces it)."""
     provenance: dict[str, Any] = field(default_factory=dict)
     """Where the config came from; informational."""
     raw: dict[str, Any] = field(default_factory=dict)
@@ -194,6 +198,8 @@ class RetrainSpec:
             "device": self.device,
             "provenance": dict(self.provenance if provenance is None else provenance),
         }
+        if self.tracking.enabled:
+            out["tracking"] = tracking_dict(self.tracking)
         if evaluation_dict(self.evaluation):
             out["evaluation"] = evaluation_dict(self.evaluation)
         return out
@@ -218,6 +224,7 @@ class RetrainSpec:
             evaluation=self.evaluation,
             budget=BudgetSpec(n_trials=1, max_epochs=self.max_epochs, evals_per_epoch=self.evals_per_epoch),
             execution=ExecutionSpec(device=self.device),
+            tracking=self.tracking,
             training=dict(self.training),
             seed=self.seed,
             space_ref="retrain",
@@ -346,6 +353,7 @@ def parse_retrain(raw: dict[str, Any], path: Path, *, read_data: bool = False) -
     evaluation = parse_section(EvaluationSpec, raw.get("evaluation"), "evaluation", err)
     check_evaluation(evaluation, objective, err, task)
     check_task(task, task_options, objective.metric, model_config, err, data.max_length)
+    tracking = parse_tracking(raw.get("tracking"), err, base_dir)
 
     if problems:
         raise ConfigError(problems)
@@ -369,6 +377,7 @@ def parse_retrain(raw: dict[str, Any], path: Path, *, read_data: bool = False) -
         seed=seed,
         device=str(device),
         evaluation=evaluation,
+        tracking=tracking,
         provenance=provenance,
         raw=raw,
     )

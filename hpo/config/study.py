@@ -44,6 +44,7 @@ from hpo.config.objectives import (
     objective_names,
     parse_constraints,
 )
+from hpo.config.tracking import TrackingSpec, parse_tracking
 from hpo.data import DataSpec
 from hpo.samplers import PRUNERS, SAMPLERS
 from hpo.space import SearchSpace, parse_space, resolve_space_path
@@ -137,6 +138,9 @@ class ExecutionSpec:
     """Seconds a worker waits for an unreachable database at a time: a trial's result not
     written by then fails the trial (written when the database is back); a worker that cannot
     start its next trial by then exits 1."""
+    artifacts: str | None = None
+    """Folder of the study's artifact store (files optuna-dashboard shows: a retrain's metrics and
+    chart, the report's plots); relative to this file; default ``artifacts/`` beside the SQLite file."""
 
 
 @dataclass
@@ -170,6 +174,8 @@ class StudySpec:
     """Fixed training arguments (same names as the space's shared parameters) plus eval_batch_size."""
     storage: str | None = None
     """Storage URL from the file (flag and HPO_STORAGE take precedence)."""
+    tracking: TrackingSpec = field(default_factory=TrackingSpec)
+    """Experiment tracking (MLflow, TensorBoard) of the trials; ``--tracking`` replaces it."""
     seed: int = 0
     """Seed for data subsampling, model initialisation, training and the sampler."""
     space_ref: str = "default"
@@ -331,6 +337,7 @@ def parse_study(raw: dict[str, Any], path: Path, *, read_data: bool = False) -> 
     _check_pruner(pruner, err)
     _check_execution(execution, err)
     training = parse_training(raw.get("training"), err, complete=False)
+    tracking = parse_tracking(raw.get("tracking"), err, base_dir)
 
     space_ref = raw.get("space", "default")
     space: SearchSpace | None = None
@@ -365,6 +372,7 @@ def parse_study(raw: dict[str, Any], path: Path, *, read_data: bool = False) -> 
         constraints=constraints,
         training=training,
         storage=storage,
+        tracking=tracking,
         seed=seed,
         space_ref=str(space_ref),
         path=fname,

@@ -58,8 +58,8 @@ def open_run(
 
     Raises:
         DataError: bad data, before the database is touched.
-        UserError: unreachable storage, a study created from another study file, or (with
-            ``create`` False) no such study.
+        UserError: unreachable storage or tracking server, a study created from another study
+            file, or (with ``create`` False) no such study.
     """
     from hpo.context import prepare
     from hpo.storage import failed_trial_lines, open_storage, running_trial_lines, sweep_stale_trials
@@ -88,6 +88,9 @@ def open_run(
         from hpo.warmstart import enqueue_warm_start
 
         enqueue_warm_start(study, spec.space, spec.warm_start, url, say)
+    from hpo.artifacts import record_dir
+
+    record_dir(study, spec, url)  # where retrain and report attach the files the dashboard shows
     # Trials an earlier run left RUNNING: failed now if their worker stopped (stale heartbeat,
     # or a process on this host that is gone), else said, with when they will be failed.
     lines = failed_trial_lines(study, sweep_stale_trials(study)) + running_trial_lines(study)
@@ -97,6 +100,9 @@ def open_run(
     if say is not None:
         for line in lines:
             say(line)
+    tracker = ctx.tracker()
+    if tracker is not None:
+        tracker.check()  # an unreachable tracking server stops the run before its first trial
     return OpenRun(ctx, storage, study, first_number)
 
 

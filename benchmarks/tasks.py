@@ -120,6 +120,36 @@ CASES: dict[str, Case] = {
             "task.max_new_tokens": 4,
         },
     ),
+    # The Hugging Face recipes (run_ner.py, run_qa.py) fine-tune everything with the Trainer's
+    # defaults: lr 5e-5, batch 8, no warmup, linear decay.
+    "wnut17": Case(
+        study="studies/wnut17-ner.yaml",
+        recipe="{strategy: full, learning_rate: 5.0e-5, per_device_train_batch_size: 8}",
+        recipe_name="full, lr 5e-5, batch 8",
+        search={
+            "budget.n_trials": 3,
+            "budget.max_epochs": 1,
+            "data.train_limit": 160,
+            "data.validation_limit": 160,
+            "data.max_length": 48,
+        },
+        quick={"budget.n_trials": 2, "data.train_limit": 48, "data.validation_limit": 32},
+    ),
+    "squad": Case(
+        study="studies/squad-minilm.yaml",
+        recipe="{strategy: full, learning_rate: 5.0e-5, per_device_train_batch_size: 8}",
+        recipe_name="full, lr 5e-5, batch 8",
+        search={
+            "budget.n_trials": 3,
+            "budget.max_epochs": 1,
+            "data.train_limit": 64,
+            "data.validation_limit": 48,
+            "data.test_size": 0.04,  # one held-out article (of train.json's 24)
+            "data.max_length": 128,
+            "task.doc_stride": 32,
+        },
+        quick={"budget.n_trials": 2, "data.train_limit": 32, "data.validation_limit": 16},
+    ),
 }
 """Case name -> case. The task issues add theirs (NER, QA, causal LM, seq2seq)."""
 

@@ -11,6 +11,7 @@ Set-up (data, tokenizer, tokenized splits, the study's trials) is shared by the 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,17 @@ def _write(task: str, root: Path, model_dir: Path, space: dict[str, Any] | None 
     )
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Tiny models on a shared machine: threads that wait on each other are far slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module", params=sorted(METRICS))
 def task_study(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path
@@ -98,7 +110,7 @@ def task_study(
         study = optuna.create_study(study_name=spec.name, storage=url, direction="maximize")
         for s in STRATEGIES:
             study.enqueue_trial({"strategy": s, "learning_rate": LEARNING_RATES[s]})
-        run_worker(spec, url, n_trials=len(STRATEGIES), timeout=None, quiet=True, ctx=ctx)
+        run_worker(spec, url, n_trials=len(STRATEGIES), timeout=None, quiet=True, ctx=ctx, threads=1)
     return TaskStudy(task, path, url, ctx, root)
 
 

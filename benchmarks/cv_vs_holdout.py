@@ -72,6 +72,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--out", default=str(RESULTS_DIR / "cv_vs_holdout.json"))
     p.add_argument("--markdown", metavar="JSON", help="print the RESULTS.md table of a result file and exit")
+    p.add_argument("--merge", nargs="+", metavar="JSON", help="combine single-seed result files into --out")
     a = p.parse_args(argv)
     if a.quick:
         a.pool, a.n_trials, a.epochs, a.max_length, a.folds = min(a.pool, 48), min(a.n_trials, 2), 1.0, 16, 3
@@ -167,6 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     if a.markdown:
         print(markdown(json.loads(Path(a.markdown).read_text())))
         return 0
+    if a.merge:
+        doc = merge(a.merge)
+        write_json(Path(a.out), doc)
+        print(markdown(doc))
+        return 0
     started = now_iso()
     workdir, url = start_run("hpo-cv-")
     seeds: list[dict[str, Any]] = []
@@ -190,12 +196,30 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def document(
-    a: argparse.Namespace, argv: list[str], started: str, seeds: list[dict[str, Any]]
-) -> dict[str, Any]:
+def summarize(seeds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Means over the seeds: test accuracy of each choice, their difference, compute ratio."""
+
     def mean(name: str, key: str) -> float:
         return round(statistics.fmean(s[name][key] for s in seeds), 4)
 
+    return {
+        "holdout_test_mean": mean("holdout", "test_accuracy"),
+        "cv_test_mean": mean("cv", "test_accuracy"),
+        "cv_minus_holdout_points": round(
+            100 * statistics.fmean(s["cv"]["test_accuracy"] - s["holdout"]["test_accuracy"] for s in seeds), 2
+        ),
+        "same_choice": sum(s["same_choice"] for s in seeds),
+        "search_compute_ratio_cv_over_holdout": round(
+            sum(s["cv"]["search_trial_seconds"] for s in seeds)
+            / max(1e-9, sum(s["holdout"]["search_trial_seconds"] for s in seeds)),
+            2,
+        ),
+    }
+
+
+def document(
+    a: argparse.Namespace, argv: list[str], started: str, seeds: list[dict[str, Any]]
+) -> dict[str, Any]:
     return {
         "benchmark": "cv_vs_holdout",
         "mode": "quick" if a.quick else "full",
@@ -216,22 +240,26 @@ def document(
             "space": SPACE,
         },
         "seeds": seeds,
-        "summary": {
-            "holdout_test_mean": mean("holdout", "test_accuracy"),
-            "cv_test_mean": mean("cv", "test_accuracy"),
-            "cv_minus_holdout_points": round(
-                100
-                * statistics.fmean(s["cv"]["test_accuracy"] - s["holdout"]["test_accuracy"] for s in seeds),
-                2,
-            ),
-            "same_choice": sum(s["same_choice"] for s in seeds),
-            "search_compute_ratio_cv_over_holdout": round(
-                sum(s["cv"]["search_trial_seconds"] for s in seeds)
-                / max(1e-9, sum(s["holdout"]["search_trial_seconds"] for s in seeds)),
-                2,
-            ),
-        },
+        "summary": summarize(seeds),
     }
+
+
+def merge(paths: list[str]) -> dict[str, Any]:
+    """One result from runs of single seeds (run side by side as separate processes)."""
+    docs = [json.loads(Path(p).read_text()) for p in paths]
+    keep = {k: v for k, v in docs[0]["config"].items() if k != "seeds"}
+    for p, d in zip(paths, docs, strict=True):
+        if {k: v for k, v in d["config"].items() if k != "seeds"} != keep:
+            raise SystemExit(f"--merge: {p} was run with another configuration")
+    seeds = sorted((s for d in docs for s in d["seeds"]), key=lambda s: s["seed"])
+    out = dict(docs[0])
+    out["config"] = {**keep, "seeds": [s["seed"] for s in seeds]}
+    out["command"] = [d["command"] for d in docs]
+    out["started"] = min(d["started"] for d in docs)
+    out["finished"] = max(d["finished"] for d in docs)
+    out["seeds"] = seeds
+    out["summary"] = summarize(seeds)
+    return out
 
 
 def markdown(doc: dict[str, Any]) -> str:

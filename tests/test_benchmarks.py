@@ -168,8 +168,9 @@ def test_cv_vs_holdout_quick(tiny_model_dir: Path, tmp_path: Path) -> None:
         assert m["retrain_train_rows"] == 48  # both choices retrained on every pooled row
         assert len(m["trial_scores"]) == 2 and m["search_trial_seconds"] > 0
     assert len(seed["cv"]["chosen_params"]) and seed["cv"]["chosen_fold_std"] is not None
-    # the same sampler and seed: both studies tried the same configurations
     assert "| mean |" in cv_vs_holdout.markdown(doc)
+    merged = cv_vs_holdout.merge([str(out), str(out)])  # single-seed runs side by side -> one
+    assert len(merged["seeds"]) == 2 and merged["summary"] == doc["summary"]
 
 
 def test_warm_start_quick(tiny_model_dir: Path, tmp_path: Path) -> None:

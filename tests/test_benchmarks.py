@@ -170,7 +170,8 @@ def test_cv_vs_holdout_quick(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert len(seed["cv"]["chosen_params"]) and seed["cv"]["chosen_fold_std"] is not None
     assert "| mean |" in cv_vs_holdout.markdown(doc)
     merged = cv_vs_holdout.merge([str(out), str(out)])  # single-seed runs side by side -> one
-    assert len(merged["seeds"]) == 2 and merged["summary"] == doc["summary"]
+    assert len(merged["seeds"]) == 2 and merged["summary"]["cv_test_mean"] == doc["summary"]["cv_test_mean"]
+    assert merged["summary"]["same_choice"] == 2 * doc["summary"]["same_choice"]
 
 
 def test_warm_start_quick(tiny_model_dir: Path, tmp_path: Path) -> None:
@@ -191,6 +192,8 @@ def test_warm_start_quick(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert warm[0]["warm_start_of"] == best_subset["number"] and "warm_start_of" not in cold[0]
     assert warm[0]["params"]["learning_rate"] == best_subset["params"]["learning_rate"]
     assert "| warm (top 1 of subset first) |" in warm_start.markdown(doc)
+
+
 @pytest.mark.slow
 def test_chaos_quick_counts_every_trial_from_the_database(tmp_path: Path) -> None:
     """Workers on a throwaway PostgreSQL through a kill, a database restart and a full disk:

@@ -150,7 +150,7 @@ def run(
     if warm_start:
         from hpo.warmstart import parse_warm_start
 
-        spec = dataclasses.replace(loaded, warm_start=parse_warm_start(warm_start, top or 3))
+        loaded = dataclasses.replace(loaded, warm_start=parse_warm_start(warm_start, top or 3))
     elif top is not None:
         raise UserError("--top: only with --warm-start")
     opts = resolve_options(flags, loaded)  # argument > env > study file > default, every option

@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test lint typecheck unit browser clean
+.PHONY: demo test test-slow test-all lint typecheck browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,11 +36,17 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow and not gpu"
-
+# The suite CI runs (about 14 minutes on 2 idle cores, lint and types included).
 test: $(STAMP) browser lint typecheck
-	$(BIN)/python -m pytest -q -m "not gpu"
+	$(BIN)/python -m pytest -q -m "not gpu and not slow" --durations=25
+
+# End-to-end scenarios of minutes each: real MiniLM/SmolLM2 runs of the shipped studies, local
+# and two-node Ray clusters, a throwaway PostgreSQL restarted under workers, killed and resumed
+# trials, the chaos and notebook runs.
+test-slow: $(STAMP) browser
+	$(BIN)/python -m pytest -q -m "slow and not gpu" --durations=25
+
+test-all: test test-slow
 
 clean:
 	rm -rf $(VENV) .hpo-cache studies/*.db runs reports test-artifacts

@@ -51,6 +51,7 @@ def ray_results(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path / "ray_results"
 
 
+@pytest.mark.slow  # a local Ray cluster: make test-slow
 def test_two_concurrent_ray_trials_land_in_the_shared_study(
     tmp_path: Path, tiny_model_dir: Path, local_ray: None, ray_results: Path
 ) -> None:
@@ -92,6 +93,7 @@ def test_two_concurrent_ray_trials_land_in_the_shared_study(
     assert written and not [f for f in written if url.encode() in f.read_bytes()]
 
 
+@pytest.mark.slow  # a local Ray cluster: make test-slow
 def test_ray_honours_skip_repeats_like_the_optuna_driver(
     tmp_path: Path, tiny_model_dir: Path, local_ray: None, ray_results: Path
 ) -> None:
@@ -188,6 +190,7 @@ def test_searcher_asks_for_nothing_after_the_deadline_or_a_signal_and_fails_open
     assert max_trials_at_once({"cpu": 1.0, "gpu": 1.0}, {"CPU": 8.0}) == 1
 
 
+@pytest.mark.slow  # a local Ray cluster: make test-slow
 def test_single_strategy_space_runs_on_ray_one_trial_at_a_time_and_keeps_each_failure_reason(
     tmp_path: Path,
     tiny_model_dir: Path,
@@ -240,6 +243,7 @@ def test_single_strategy_space_runs_on_ray_one_trial_at_a_time_and_keeps_each_fa
         assert b.datetime_start >= a.datetime_complete, (a.number, b.number)
 
 
+@pytest.mark.slow  # a local Ray cluster: make test-slow
 def test_ray_timeout_lets_running_trials_finish_and_a_run_that_completes_none_exits_1(
     tmp_path: Path,
     tiny_model_dir: Path,
@@ -278,6 +282,7 @@ def _running_ray_trial(url: str) -> bool:
     return any(t.state == TS.RUNNING and "worker" in t.user_attrs for t in trials)
 
 
+@pytest.mark.slow  # a local Ray cluster: make test-slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_ray_run_interrupted_by_a_signal_fails_its_trial_in_flight_and_exits_130(
     tmp_path: Path, tiny_model_dir: Path, sig: signal.Signals

@@ -12,7 +12,6 @@ Which errors count as an outage, and when stale heartbeats may be trusted again,
 from __future__ import annotations
 
 import random
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ from typing import Any, TypeVar
 
 from hpo.connectivity import CONNECTIVITY, drop_session, is_transient
 from hpo.errors import UserError
+from hpo.periodic import Periodic
 
 T = TypeVar("T")
 
@@ -133,7 +133,7 @@ def pending_for(trial_id: int) -> Pending:
     return PENDING.setdefault(trial_id, Pending())
 
 
-class Heartbeat:
+class Heartbeat(Periodic):
     """A trial's heartbeat thread that survives outages (Optuna's dies at the first error).
 
     Beats every ``interval`` seconds; while the database is away it tries again every
@@ -143,22 +143,9 @@ class Heartbeat:
     def __init__(self, storage: Any, trial_id: int):
         from hpo.storage import heartbeat_interval_of
 
+        super().__init__(heartbeat_interval_of(storage), "hpo-heartbeat")
         self.storage = storage
         self.trial_id = trial_id
-        self.interval = heartbeat_interval_of(storage)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> Heartbeat:
-        if self.interval:
-            self._thread = threading.Thread(target=self._run, name="hpo-heartbeat", daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
 
     def _run(self) -> None:
         assert self.interval

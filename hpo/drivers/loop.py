@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from hpo.periodic import Periodic
+
 # Why this process was told to stop when the signal alone does not say it: set by the watch on
 # a worker's parent (``hpo.drivers.local``) before it sends the worker SIGTERM.
 _stop_reason: str | None = None
@@ -303,7 +305,7 @@ def _freeze_long_lived_objects() -> None:
     gc.freeze()
 
 
-class _StaleSweeper:
+class _StaleSweeper(Periodic):
     """Background sweep, once per heartbeat interval, of trials whose worker died.
 
     Optuna sweeps only when a worker starts a trial, so a dead worker's trial would wait for
@@ -312,23 +314,10 @@ class _StaleSweeper:
     """
 
     def __init__(self, study: Any):
-        self.study = study
         from hpo.storage import heartbeat_interval_of
 
-        self.interval = heartbeat_interval_of(study._storage)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> _StaleSweeper:
-        if self.interval:
-            self._thread = threading.Thread(target=self._run, name="hpo-stale-sweep", daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=30)
+        super().__init__(heartbeat_interval_of(study._storage), "hpo-stale-sweep")
+        self.study = study
 
     def _run(self) -> None:
         from hpo.storage import sweep_stale_trials

@@ -67,7 +67,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--max-length", type=int, default=32)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(RESULTS_DIR / "warm_start.json"))
-    p.add_argument("--markdown", metavar="JSON", help="print the RESULTS.md table of a result file and exit")
+    p.add_argument(
+        "--markdown",
+        metavar="JSON",
+        nargs="+",
+        help="print the RESULTS.md table of a result file (of several: one row per seed and the means) and exit",
+    )
     a = p.parse_args(argv)
     if a.quick:
         a.rows, a.validation_limit, a.subset_trials, a.n_trials = 40, 16, 2, 2
@@ -153,7 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     a = parse_args(argv)
     if a.markdown:
-        print(markdown(json.loads(Path(a.markdown).read_text())))
+        docs = [json.loads(Path(f).read_text()) for f in a.markdown]
+        print(markdown(docs[0]) if len(docs) == 1 else seeds_markdown(docs))
         return 0
     started = now_iso()
     workdir, url = start_run("hpo-warm-")
@@ -218,6 +224,37 @@ def markdown(doc: dict[str, Any]) -> str:
             f"{k['trial_seconds']:.0f} |",
         ]
     )
+
+
+def seeds_markdown(docs: list[dict[str, Any]]) -> str:
+    """One row per result file (a seed): warm against cold, best accuracy and trial seconds; then
+    the means."""
+    lines = [
+        "| seed | subset best | warm best | cold best | warm - cold | warm s (+ subset s) | cold s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    sums = [0.0] * 6
+    for d in docs:
+        s, w, k = d["subset"], d["warm"], d["cold"]
+        vals = [
+            s["best_accuracy"],
+            w["best_accuracy"],
+            k["best_accuracy"],
+            w["best_accuracy"] - k["best_accuracy"],
+            w["trial_seconds"],
+            k["trial_seconds"],
+        ]
+        sums = [a + b for a, b in zip(sums, vals, strict=True)]
+        lines.append(
+            f"| {d['config']['seed']} | {vals[0]:.4f} | {vals[1]:.4f} | {vals[2]:.4f} | {vals[3]:+.4f} | "
+            f"{vals[4]:.0f} (+{s['trial_seconds']:.0f}) | {vals[5]:.0f} |"
+        )
+    m = [x / len(docs) for x in sums]
+    sub = sum(d["subset"]["trial_seconds"] for d in docs) / len(docs)
+    lines.append(
+        f"| mean | {m[0]:.4f} | {m[1]:.4f} | {m[2]:.4f} | {m[3]:+.4f} | {m[4]:.0f} (+{sub:.0f}) | {m[5]:.0f} |"
+    )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

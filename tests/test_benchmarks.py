@@ -192,6 +192,10 @@ def test_warm_start_quick(tiny_model_dir: Path, tmp_path: Path) -> None:
     assert warm[0]["warm_start_of"] == best_subset["number"] and "warm_start_of" not in cold[0]
     assert warm[0]["params"]["learning_rate"] == best_subset["params"]["learning_rate"]
     assert "| warm (top 1 of subset first) |" in warm_start.markdown(doc)
+    seeds = warm_start.seeds_markdown([doc, doc])  # one row per seed, then the means
+    gain = doc["warm"]["best_accuracy"] - doc["cold"]["best_accuracy"]
+    assert seeds.count("| 0 |") == 2 and f"| mean | {doc['subset']['best_accuracy']:.4f} |" in seeds
+    assert f"{gain:+.4f} |" in seeds.splitlines()[-1]
 
 
 @pytest.mark.slow

@@ -90,9 +90,53 @@ def test_benchmark_cases_are_valid_studies_for_both_methods(case: str) -> None:
     import tasks
 
     c = tasks.CASES[case]
+    shipped = load_study(ROOT / c.study)
     for method in ("search", "recipe"):
         # as `hpo run --set key=value` reads them: values as YAML
         sets = {k: loads_yaml(str(v)) for k, v in tasks.overrides(c, False, method).items()}
         spec = load_study(ROOT / c.study, sets)
-        assert spec.data.train_limit == c.search["data.train_limit"]
+        # both methods train on the same rows for the same epochs
+        assert spec.data.train_limit == c.search.get("data.train_limit", shipped.data.train_limit)
+        assert spec.budget.max_epochs == c.search.get("budget.max_epochs", shipped.budget.max_epochs)
     assert spec.space.strategies == ["full"] and spec.budget.n_trials == 1
+
+
+def test_benchmark_verdict_and_table() -> None:
+    """benchmarks/tasks.py's rule: the search must beat the recipe on test in the metric's
+    direction at no more than 4x its compute; the table shows wall and CPU figures."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import tasks
+
+    def method(test: float, wall: float, cpu: float, direction: str = "maximize") -> dict:
+        return {
+            "metric": "f1",
+            "direction": direction,
+            "best_validation": test,
+            "test": test,
+            "best_trial": 0,
+            "strategy": "full",
+            "n_trials": 1,
+            "pruned": 0,
+            "compute_seconds": wall,
+            "compute_cpu_seconds": cpu,
+        }
+
+    v = tasks.verdict(method(0.5, 400.0, 390.0), method(0.4, 100.0, 100.0))
+    assert v["test_better"] and v["compute_ratio"] == 4.0 and v["cpu_ratio"] == 3.9 and v["target_met"]
+    assert not tasks.verdict(method(0.5, 401.0, 390.0), method(0.4, 100.0, 100.0))["target_met"]
+    lower = tasks.verdict(method(3.2, 100.0, 1.0, "minimize"), method(3.1, 100.0, 1.0, "minimize"))
+    assert lower["test_better"] is False and not lower["target_met"]
+    doc = {
+        "cases": {
+            "x": {
+                "task": "t",
+                "recipe_name": "r",
+                "recipe": method(0.4, 100.0, 100.0),
+                "search": method(0.5, 400.0, 390.0),
+                "verdict": v,
+            }
+        }
+    }
+    assert "| 100 / 400 | 4.0 | 100 / 390 (3.9) | met |" in tasks.markdown(doc)

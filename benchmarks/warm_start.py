@@ -229,33 +229,34 @@ def markdown(doc: dict[str, Any]) -> str:
 def seeds_markdown(docs: list[dict[str, Any]]) -> str:
     """One row per result file (a seed): warm against cold, best accuracy and trial seconds; then
     the means."""
-    lines = [
-        "| seed | subset best | warm best | cold best | warm - cold | warm s (+ subset s) | cold s |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    sums = [0.0] * 6
-    for d in docs:
-        s, w, k = d["subset"], d["warm"], d["cold"]
-        vals = [
-            s["best_accuracy"],
-            w["best_accuracy"],
-            k["best_accuracy"],
-            w["best_accuracy"] - k["best_accuracy"],
-            w["trial_seconds"],
-            k["trial_seconds"],
-        ]
-        sums = [a + b for a, b in zip(sums, vals, strict=True)]
-        lines.append(
-            f"| {d['config']['seed']} | {vals[0]:.4f} | {vals[1]:.4f} | {vals[2]:.4f} | {vals[3]:+.4f} | "
-            f"{vals[4]:.0f} (+{s['trial_seconds']:.0f}) | {vals[5]:.0f} |"
+    rows = [
+        (
+            d["subset"]["best_accuracy"],
+            d["warm"]["best_accuracy"],
+            d["cold"]["best_accuracy"],
+            d["warm"]["best_accuracy"] - d["cold"]["best_accuracy"],
+            d["warm"]["trial_seconds"],
+            d["subset"]["trial_seconds"],
+            d["cold"]["trial_seconds"],
         )
-    m = [x / len(docs) for x in sums]
-    sub = sum(d["subset"]["trial_seconds"] for d in docs) / len(docs)
-    lines.append(
-        f"| mean | {m[0]:.4f} | {m[1]:.4f} | {m[2]:.4f} | {m[3]:+.4f} | {m[4]:.0f} (+{sub:.0f}) | {m[5]:.0f} |"
-    )
-    return "\n".join(lines)
+        for d in docs
+    ]
 
+    def line(label: Any, v: tuple[float, ...]) -> str:
+        return (
+            f"| {label} | {v[0]:.4f} | {v[1]:.4f} | {v[2]:.4f} | {v[3]:+.4f} | {v[4]:.0f} (+{v[5]:.0f}) | "
+            f"{v[6]:.0f} |"
+        )
+
+    means = tuple(sum(col) / len(rows) for col in zip(*rows, strict=True))
+    return "\n".join(
+        [
+            "| seed | subset best | warm best | cold best | warm - cold | warm s (+ subset s) | cold s |",
+            "|---|---|---|---|---|---|---|",
+            *(line(d["config"]["seed"], r) for d, r in zip(docs, rows, strict=True)),
+            line("mean", means),
+        ]
+    )
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -20,6 +20,12 @@ Usage::
     python benchmarks/tasks.py --case sst2        # some cases
     python benchmarks/tasks.py --quick            # smoke: tiny sizes, minutes
     python benchmarks/tasks.py --markdown benchmarks/results/tasks.json   # the RESULTS.md table
+    python benchmarks/tasks.py --case squad --match-budget 4   # the search: whatever 4x the recipe buys
+
+``--match-budget R`` replaces the case's trial count by the target itself: the search starts
+trials (up to 100) until ``R`` times the recipe's compute, less the recipe's own trial time, has
+passed (``budget.timeout``), so a last trial as long as the recipe's still ends within ``R`` times
+its compute. The ratio in the table is measured either way.
 
 Adding a task's row is one :class:`Case` in :data:`CASES`.
 """
@@ -145,6 +151,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="smoke run: tiny sizes")
     p.add_argument("--out", type=Path, help="result JSON (default benchmarks/results/tasks[_quick].json)")
     p.add_argument("--markdown", type=Path, metavar="JSON", help="print the table of a result file and exit")
+    p.add_argument(
+        "--match-budget",
+        type=float,
+        metavar="R",
+        help="the search starts trials until R x the recipe's compute, less one recipe trial, has passed",
+    )
     a = p.parse_args(argv)
     a.case = a.case or sorted(CASES)
     a.out = a.out or RESULTS_DIR / ("tasks_quick.json" if a.quick else "tasks.json")
@@ -161,14 +173,39 @@ def overrides(case: Case, quick: bool, method: str) -> dict[str, Any]:
     return {**shared, "space": case.recipe, "budget.n_trials": 1, "pruner": "{name: none}"}
 
 
-def run_method(name: str, case: Case, quick: bool, method: str, workdir: Path, url: str) -> dict[str, Any]:
-    """``hpo run``, ``hpo export`` and ``hpo retrain`` of one method; its figures."""
+MATCHED_TRIAL_CAP = 100
+"""``--match-budget``: the trial count that the timeout, not the count, ends."""
+
+
+def matched_budget(recipe: dict[str, Any], ratio: float) -> dict[str, Any]:
+    """The search's overrides under ``--match-budget ratio``: no new trial after ``ratio`` times
+    the recipe's compute less the recipe's trial time (so a last trial of the recipe's length
+    still ends within ``ratio`` times its compute)."""
+    timeout = ratio * recipe["compute_seconds"] - recipe["trial_seconds"]
+    if timeout <= 0:
+        raise ValueError(
+            f"--match-budget {ratio}: leaves no time for the search (recipe {recipe['compute_seconds']} s)"
+        )
+    return {"budget.n_trials": MATCHED_TRIAL_CAP, "budget.timeout": round(timeout, 1)}
+
+
+def run_method(
+    name: str,
+    case: Case,
+    quick: bool,
+    method: str,
+    workdir: Path,
+    url: str,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``hpo run``, ``hpo export`` and ``hpo retrain`` of one method (``extra``: further
+    overrides, e.g. a matched budget); its figures."""
     import optuna
 
     from hpo.cli import main as hpo_main
 
     study_name = f"{name}-{method}"
-    sets = [f"{k}={v}" for k, v in overrides(case, quick, method).items()]
+    sets = [f"{k}={v}" for k, v in {**overrides(case, quick, method), **(extra or {})}.items()]
     args = ["run", str(ROOT / case.study), "--storage", url, "--study-name", study_name]
     for s in sets:
         args += ["--set", s]
@@ -286,11 +323,13 @@ def main(argv: list[str] | None = None) -> int:
         # A model shipped as GGUF (smollm2) is converted once, before either method is timed.
         ensure_local_model(load_study(ROOT / case.study).model_path)
         recipe = run_method(name, case, a.quick, "recipe", workdir, url)
-        search = run_method(name, case, a.quick, "search", workdir, url)
+        extra = matched_budget(recipe, a.match_budget) if a.match_budget else None
+        search = run_method(name, case, a.quick, "search", workdir, url, extra)
         doc["cases"][name] = {
             "task": load_study(ROOT / case.study).task,
             "study": case.study,
             "recipe_name": case.recipe_name,
+            "match_budget": a.match_budget,
             "recipe": recipe,
             "search": search,
             "verdict": verdict(search, recipe),

@@ -101,6 +101,28 @@ def test_benchmark_cases_are_valid_studies_for_both_methods(case: str) -> None:
     assert spec.space.strategies == ["full"] and spec.budget.n_trials == 1
 
 
+def test_benchmark_matched_budget() -> None:
+    """``--match-budget R``: the search may start trials until R x the recipe's compute less one
+    recipe trial; the overrides validate against the shipped QA study; no room is an error."""
+    import sys
+
+    from hpo._yaml import loads_yaml
+    from hpo.config import load_study
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import tasks
+
+    extra = tasks.matched_budget({"compute_seconds": 625.4, "trial_seconds": 618.3}, 4.0)
+    assert extra == {"budget.n_trials": tasks.MATCHED_TRIAL_CAP, "budget.timeout": 1883.3}
+    c = tasks.CASES["squad"]
+    sets = {k: loads_yaml(str(v)) for k, v in {**tasks.overrides(c, False, "search"), **extra}.items()}
+    spec = load_study(ROOT / c.study, sets)
+    assert spec.budget.timeout == 1883.3 and spec.budget.n_trials == tasks.MATCHED_TRIAL_CAP
+    assert spec.data.train_limit == c.search["data.train_limit"]
+    with pytest.raises(ValueError, match="no time for the search"):
+        tasks.matched_budget({"compute_seconds": 100.0, "trial_seconds": 100.0}, 1.0)
+
+
 def test_benchmark_verdict_and_table() -> None:
     """benchmarks/tasks.py's rule: the search must beat the recipe on test in the metric's
     direction at no more than 4x its compute; the table shows wall and CPU figures."""

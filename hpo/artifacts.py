@@ -102,6 +102,8 @@ def _write(store: Any, path: Path, artifact_id: str | None = None) -> dict[str, 
     """Write ``path`` into the store (under ``artifact_id``: replacing that file's contents)."""
     artifact_id = artifact_id or str(uuid.uuid4())
     mimetype, encoding = mimetypes.guess_type(path.name)
+    if mimetype is None and path.suffix == ".jsonl":  # sample generations; unknown to mimetypes
+        mimetype = "application/jsonl"
     with path.open("rb") as f:
         store.write(artifact_id, f)
     return {

@@ -443,12 +443,13 @@ class RetrainLogs:
             raise
 
     def done(self, out_dir: Path, paths: list[Path], say: Any) -> None:
-        """Attach ``metrics.json``, ``metrics.png`` and the spec to the trial; finish the run
-        with the metrics and ``paths`` (model folder and files) as artifacts."""
+        """Attach ``metrics.json``, ``metrics.png``, the sample generations of a generative task
+        (``samples.jsonl``) and the spec to the trial; finish the run with the metrics and
+        ``paths`` (model folder and files) as artifacts."""
         if self.target is not None:
-            self.target.attach(
-                [out_dir / "metrics.json", out_dir / "metrics.png", Path(self.rspec.path)], say
-            )
+            files = [out_dir / "metrics.json", out_dir / "metrics.png"]
+            files += [p for p in [out_dir / "samples.jsonl"] if p.is_file()]
+            self.target.attach([*files, Path(self.rspec.path)], say)
         if self.log is not None:
             import json
 

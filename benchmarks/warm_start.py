@@ -258,5 +258,6 @@ def seeds_markdown(docs: list[dict[str, Any]]) -> str:
         ]
     )
 
+
 if __name__ == "__main__":
     sys.exit(main())

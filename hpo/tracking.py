@@ -42,6 +42,9 @@ ROLE_TAG = "hpo.role"
 """Tag: ``study`` (the parent run), ``trial`` or ``retrain``."""
 STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}
 """Trial state -> MLflow run status (the state itself is the tag ``hpo.state``)."""
+ATTACHED = ("metrics.json", "metrics.png", "samples.jsonl")
+"""Of what a retrain wrote, the files attached to its trial (with the spec) for the dashboard;
+``samples.jsonl`` only exists for a generative task."""
 
 
 def _warn(what: str, e: BaseException) -> None:
@@ -447,8 +450,7 @@ class RetrainLogs:
         (``samples.jsonl``) and the spec to the trial; finish the run with the metrics and
         ``paths`` (model folder and files) as artifacts."""
         if self.target is not None:
-            files = [out_dir / "metrics.json", out_dir / "metrics.png"]
-            files += [p for p in [out_dir / "samples.jsonl"] if p.is_file()]
+            files = [p for p in paths if p.name in ATTACHED]
             self.target.attach([*files, Path(self.rspec.path)], say)
         if self.log is not None:
             import json

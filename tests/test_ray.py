@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
@@ -26,23 +25,6 @@ OPTUNA_DRIVER_ATTRS = {
     "trainable_percent", "val_accuracy", "val_precision", "val_recall", "val_f1", "val_loss",
     "train_seconds", "samples_per_second", "peak_memory_mb", "steps", "evaluations",
 }  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """One local Ray (2 CPUs) for the in-process tests of this module: it takes about 4 s to start."""
-    # The tokenized-data cache of this test session (conftest._isolated_cache), for Ray's workers too.
-    cache = str(tmp_path_factory.getbasetemp() / "hpo-cache")
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        logging_level="ERROR",
-        runtime_env={"env_vars": {"HPO_CACHE_DIR": cache, "TOKENIZERS_PARALLELISM": "false"}},
-    )
-    try:
-        yield
-    finally:
-        ray.shutdown()
 
 
 @pytest.fixture

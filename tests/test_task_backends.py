@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import threading
 import urllib.request
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from test_task_seq2seq import write_s2s_study
 
 from hpo.config import load_study
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models
 TS = optuna.trial.TrialState
 TASKS = ["token-classification", "question-answering", "causal-lm", "seq2seq"]
 # One strategy per study, at a learning rate that moves a tiny model in a few steps.
@@ -86,17 +86,6 @@ def write_task_study(case: Case, root: Path, models: dict[str, Path]) -> Path:
     lines = [json.dumps({"document": doc, "headline": head}) for doc, head in S2S_PAIRS]
     (data_dir / "train.jsonl").write_text("\n".join(lines) + "\n")
     return write_s2s_study(root, models["t5"], data_dir, **common)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny models: a second thread only waits on the first."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -177,23 +166,6 @@ def test_dashboard_shows_the_task_objective_metrics_and_retrain_files(
         server.server_close()
 
 
-@pytest.fixture(scope="module")
-def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """One local Ray (2 CPUs) for the module: it takes about 4 s to start."""
-    ray = pytest.importorskip("ray")
-    cache = str(tmp_path_factory.getbasetemp() / "hpo-cache")
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        logging_level="ERROR",
-        runtime_env={"env_vars": {"HPO_CACHE_DIR": cache, "TOKENIZERS_PARALLELISM": "false"}},
-    )
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
 @pytest.mark.slow  # a local Ray cluster: make test-slow
 @pytest.mark.parametrize("task", TASKS)
 def test_each_task_runs_on_ray_with_its_metrics(
@@ -222,4 +194,6 @@ def test_each_task_runs_on_ray_with_its_metrics(
         assert t.value == t.user_attrs[f"val_{case.metric}"]
         assert t.user_attrs["strategy"] == "lora"
         assert json.loads(t.user_attrs["config"])["strategy_params"]["r"] == 4
-        assert len(t.intermediate_values) == 2
+        # Ray always schedules with ASHA: a trial it stops after the first evaluation says so
+        evals = len(t.intermediate_values)
+        assert evals == 2 or (evals == 1 and t.user_attrs["stopped_early"] is True), (evals, t.user_attrs)

@@ -11,7 +11,6 @@ Set-up (data, tokenizer, tokenized splits, the study's trials) is shared by the 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ METRICS = {
     "token-classification": ("f1", "precision", "recall", "accuracy", "loss"),
     "question-answering": ("f1", "exact_match", "loss"),
 }
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models
 TS = optuna.trial.TrialState
 
 
@@ -77,17 +77,6 @@ def _write(task: str, root: Path, model_dir: Path, space: dict[str, Any] | None 
         budget={"n_trials": len(STRATEGIES), "max_epochs": 1, "evals_per_epoch": 2},
         **extra,
     )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny models on a shared machine: threads that wait on each other are far slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module", params=sorted(METRICS))

@@ -19,6 +19,7 @@ from hpo.drivers.worker import run_worker
 from hpo.retrain import load_trained, retrain
 from hpo.tasks.generation_metrics import rouge
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models
 TS = optuna.trial.TrialState
 STRATEGIES = ["full", "partial", "adapter", "lora", "prompt"]
 # 24 short document -> headline pairs: 6 carved for validation, 6 for test, 12 train (3 steps of 4).
@@ -94,18 +95,6 @@ def write_s2s_study(root: Path, model_dir: Path, data_dir: Path, **over: Any) ->
     path = root / "study.yaml"
     path.write_text(dump_yaml(study))
     return path
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One torch thread: a 32-wide model gains nothing from two, and on a loaded machine two
-    threads waiting on each other were 20x slower (10 forward+backward passes: 13 s vs 0.5 s)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

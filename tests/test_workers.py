@@ -59,12 +59,23 @@ def _trials(url: str, name: str = "tiny") -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=name, storage=open_storage(url, heartbeat=False)).get_trials()
 
 
-def _wait_for(predicate: Any, timeout: float, what: str, poll: float = 0.1) -> Any:
+def _wait_for(
+    predicate: Any,
+    timeout: float,
+    what: str,
+    poll: float = 0.1,
+    procs: tuple[subprocess.Popen[str], ...] = (),
+) -> Any:
+    """``predicate()`` once it is true; fails at ``timeout``, or at once when every one of
+    ``procs`` has exited (nothing can change any more), with their output in the message."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         value = predicate()
         if value:
             return value
+        if procs and all(p.poll() is not None for p in procs):
+            outs = [f"pid {p.pid} exit {p.returncode}:\n{p.communicate()[0]}" for p in procs]
+            raise AssertionError(f"every process exited while waiting for {what}\n" + "\n".join(outs))
         time.sleep(poll)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
@@ -257,10 +268,15 @@ def test_sigkilled_joining_worker_trial_fails_within_grace_and_retry_finishes(
 
     interval, grace = 1, 3
     url = service_url("postgresql")
+    # 640 rows: 40 real steps with evaluations at 20 and 40, so that a trial is caught before
+    # its first evaluation even on a busy machine (64 rows stop every trial at 4 steps, about
+    # 0.05 s before its first evaluation; all 8 slipped between two looks once in CI).
+    data = {"source": "builtin:reviews", "train_limit": 640, "validation_limit": 32, "max_length": 32}
     path = _study_file(
         tmp_path,
         tiny_model_dir,
         steps=40,
+        data=data,
         execution={"heartbeat_interval": interval, "grace_period": grace},
     )
     spec = load_study(path)
@@ -268,7 +284,9 @@ def test_sigkilled_joining_worker_trial_fails_within_grace_and_retry_finishes(
     doomed = _hpo("worker", str(path), "--storage", url, "--n-trials", "3")
     survivor = _hpo("worker", str(path), "--storage", url, "--n-trials", "5")
     try:
-        victim = _wait_for(lambda: _running_trial_of_a_worker(url), 120, "a running trial")
+        victim = _wait_for(
+            lambda: _running_trial_of_a_worker(url), 120, "a running trial", procs=(doomed, survivor)
+        )
         pid = _pid(victim)
         assert pid in (doomed.pid, survivor.pid)
         killed_proc, other = (doomed, survivor) if pid == doomed.pid else (survivor, doomed)

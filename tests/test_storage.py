@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -112,6 +114,90 @@ def test_retry_callback_links_and_stops_at_the_limit() -> None:
     study._storage.set_trial_state_values(second._trial_id, TS.FAIL)
     cb(study, study.trials[2])
     assert len(study.trials) == 3
+
+
+def _both_read_before_either_writes(*storages: Any) -> None:
+    """Hold each storage's state change between its read and its write until every storage has
+    read: the interleaving of two sweeps (or two workers) that SQLite, with no row locks, allows."""
+    barrier = threading.Barrier(len(storages), timeout=20)
+    changing = threading.local()
+    for storage in storages:
+        backend = getattr(storage, "_backend", storage)
+        set_state, check = backend.set_trial_state_values, backend.check_trial_is_updatable
+
+        def set_state_values(*args: Any, _set: Any = set_state, **kwargs: Any) -> bool:
+            changing.on = True
+            try:
+                return bool(_set(*args, **kwargs))
+            finally:
+                changing.on = False
+
+        def check_updatable(trial_id: int, state: Any, _check: Any = check) -> None:
+            if getattr(changing, "on", False):
+                changing.on = False  # once per change (a value written checks again)
+                barrier.wait()  # every storage has read the trial's state
+            _check(trial_id, state)
+
+        backend.set_trial_state_values = set_state_values
+        backend.check_trial_is_updatable = check_updatable
+
+
+def _in_threads(*calls: Any) -> list[Any]:
+    """Run each call in its own thread; its result, or the exception it raised."""
+    results: list[Any] = [None] * len(calls)
+
+    def run(i: int) -> None:
+        try:
+            results[i] = calls[i]()
+        except Exception as e:
+            results[i] = e
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return results
+
+
+def test_two_sweeps_that_both_read_a_stale_trial_queue_one_retry_and_one_worker_starts_it(
+    tmp_path: Path,
+) -> None:
+    """SQLite has no SELECT ... FOR UPDATE: two sweeps both read a dead worker's trial RUNNING and
+    both failed it, so its retry was queued twice and ran twice (seen once in .ci/run); two workers could
+    both start one queued trial. A state change now happens only from the state read."""
+    url = f"sqlite:///{tmp_path / 'hpo.db'}"
+    a, b = (open_storage(url, heartbeat_interval=1, grace_period=1, max_retries=1) for _ in "ab")
+    study_a = optuna.create_study(study_name="race", storage=a, direction="maximize")
+    study_b = optuna.load_study(study_name="race", storage=b)
+    dead = study_a.ask()
+    dead.suggest_float("x", 0.0, 1.0)
+    dead.set_user_attr("worker", "gone:1")
+    a.record_heartbeat(dead._trial_id)
+    time.sleep(3.0)  # older than the grace period (+1 s timestamp resolution)
+    _both_read_before_either_writes(a, b)
+
+    swept = _in_threads(lambda: sweep_stale_trials(study_a), lambda: sweep_stale_trials(study_b))
+    assert not [r for r in swept if isinstance(r, Exception)], swept
+    assert [0] in swept, swept
+    trials = study_a.get_trials()
+    assert [t.state for t in trials] == [TS.FAIL, TS.WAITING], [t.state for t in trials]
+    assert trials[1].user_attrs["retry_of"] == dead.number
+
+    # Two workers ask at once: one starts the queued retry, the other gets a new trial.
+    asked = _in_threads(study_a.ask, study_b.ask)
+    assert not [r for r in asked if isinstance(r, Exception)], asked
+    assert sorted(t.number for t in asked) == [1, 2]
+    assert [t.state for t in study_a.get_trials()] == [TS.FAIL, TS.RUNNING, TS.RUNNING]
+
+    # A trial told COMPLETE by its worker while a sweep fails it: the second change is refused.
+    told = _in_threads(
+        lambda: a.set_trial_state_values(asked[0]._trial_id, TS.COMPLETE, [0.5]),
+        lambda: b.set_trial_state_values(asked[0]._trial_id, TS.FAIL),
+    )
+    assert sorted(type(r).__name__ for r in told) == ["UpdateFinishedTrialError", "bool"], told
+    finished = study_a.get_trials()[asked[0].number]
+    assert (finished.state, finished.value) in ((TS.COMPLETE, 0.5), (TS.FAIL, None))
 
 
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used with Study.optimize")

@@ -99,6 +99,70 @@ def test_ray_honours_skip_repeats_like_the_optuna_driver(
             assert "train_seconds" not in t.user_attrs and t.user_attrs["backend"] == "ray"
 
 
+def test_each_pruner_runs_as_its_ray_scheduler(tmp_path: Path) -> None:
+    """pruner: none runs every trial to its end (it had been ASHA whatever the pruner); median is
+    Ray's median stopping rule with the median pruner's warm-up and start-up, which never pauses a
+    trial (a paused trial would start again from step 0: no checkpoints)."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule, TrialScheduler
+
+    from hpo.drivers.ray import ray_scheduler
+
+    def scheduler(pruner: dict[str, object]) -> tuple[object, str]:
+        return ray_scheduler(load_study(write_study(tmp_path, Path("m"), pruner=pruner)), 4)
+
+    fifo, words = scheduler({"name": "none"})
+    assert type(fifo) is FIFOScheduler and words == "no early stopping (pruner: none), 4 evaluations"
+    for name in ("hyperband", "successive-halving"):
+        asha, words = scheduler({"name": name, "min_resource": 2, "reduction_factor": 2})
+        assert isinstance(asha, ASHAScheduler) and words == "ASHA up to 4 evaluations"
+        assert asha._max_t == 4 and asha._reduction_factor == 2
+        assert [milestone for milestone, _ in asha._brackets[0]._rungs] == [4, 2]  # rungs
+    rule, words = scheduler({"name": "median", "n_startup_trials": 2, "n_warmup_steps": 1})
+    assert isinstance(rule, MedianStoppingRule) and words == "median stopping rule from evaluation 2 of 4"
+
+    class Controller:  # a trial waits for room: Ray's rule would pause the one reporting
+        def get_live_trials(self) -> list[object]:
+            return [type("Pending", (), {"status": "PENDING"})()]
+
+    class Trial:
+        def __init__(self, trial_id: str) -> None:
+            self.trial_id = trial_id
+
+    trials = {name: Trial(name) for name in "abcd"}
+
+    def report(trial: str, evaluation: int, accuracy: float) -> str:
+        result = {"training_iteration": evaluation, "accuracy": accuracy}
+        return str(rule.on_trial_result(Controller(), trials[trial], result))  # type: ignore[attr-defined]
+
+    assert report("a", 1, 0.9) == report("a", 2, 0.9) == TrialScheduler.CONTINUE
+    assert report("b", 1, 0.8) == TrialScheduler.CONTINUE
+    # At evaluation 2 only one other trial got there (n_startup_trials 2): it goes on, unpaused.
+    assert report("b", 2, 0.8) == TrialScheduler.CONTINUE
+    assert report("c", 1, 0.1) == TrialScheduler.CONTINUE  # warm-up: evaluation 1 never stops
+    assert report("c", 2, 0.1) == TrialScheduler.STOP  # below the median of a and b
+    assert report("d", 1, 0.95) == report("d", 2, 0.95) == TrialScheduler.CONTINUE
+
+
+@pytest.mark.parametrize("pruner", ["percentile", "patient"])
+def test_a_pruner_ray_cannot_run_is_one_line_before_anything_starts(
+    pruner: str,
+    tmp_path: Path,
+    tiny_model_dir: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = write_study(tmp_path, tiny_model_dir, pruner={"name": pruner})
+    db = tmp_path / "hpo.db"
+    monkeypatch.setattr(ray, "init", lambda *a, **k: pytest.fail("Ray started"))
+    assert main(["run", str(path), "--storage", f"sqlite:///{db}", "--backend", "ray"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"hpo run: error: {path}: pruner.name: {pruner} has no Ray Tune scheduler; "
+        "use hyperband, successive-halving, median, none or --backend optuna"
+    ), err
+    assert not db.exists()
+
+
 def test_searcher_marks_stopped_trials_fails_errored_ones_and_pickles_no_storage(tmp_path: Path) -> None:
     from hpo.drivers.ray import _searcher_class
     from hpo.drivers.ray_trial import EVAL_KEY, FINAL_KEY

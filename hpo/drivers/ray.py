@@ -2,11 +2,11 @@
 
 ``hpo run STUDY --backend ray [--address HOST:PORT]`` runs the study's trials as Ray Tune
 trials: Ray's ``OptunaSearch`` asks the study (in the study's storage, under the study's name)
-for each configuration with the search space's own define-by-run function, ASHA stops weak
-trials early, and each trial runs the same training path as the Optuna driver
-(``hpo.objective.run_trial``, with the same out-of-memory retry and repeat rule). It writes
-the same user attributes and intermediate values to the Optuna trial as
-the Optuna driver does, so ``hpo studies``, ``compare``, ``export`` and the
+for each configuration with the search space's own define-by-run function, the study's
+pruner picks Ray's scheduler (``ray_scheduler``: ASHA, the median stopping rule, or none), and
+each trial runs the same training path as the Optuna driver (``hpo.objective.run_trial``, with
+the same out-of-memory retry and repeat rule). It writes the same user attributes and
+intermediate values to the Optuna trial as the Optuna driver does, so ``hpo studies``, ``compare``, ``export`` and the
 dashboard read Ray's trials like any other.
 
 Runs end like the Optuna driver's: ``--timeout`` starts no trial after the deadline and lets the
@@ -295,6 +295,53 @@ def _progress_callback(spec: StudySpec, study: Any, stream: Any) -> Any:
     return Progress(spec.objective.metric, study, stream)
 
 
+RAY_SCHEDULERS = ("hyperband", "successive-halving", "median", "none")
+"""The ``pruner.name`` values the Ray driver runs (``ray_scheduler``)."""
+
+
+def ray_scheduler(spec: StudySpec, max_t: int) -> tuple[Any, str]:
+    """The Ray Tune scheduler for the study's pruner, and the words the first line says of it.
+
+    Rungs count evaluations (``training_iteration``), as the Optuna pruners count steps.
+    ``hyperband`` and ``successive-halving`` are ASHA (``min_resource``, ``reduction_factor``);
+    ``median`` is Ray's median stopping rule (a trial whose best value by evaluation t is
+    worse than the median of the other trials' running means up to t stops; from evaluation
+    ``n_warmup_steps + 1``, once ``n_startup_trials`` other trials got there); ``none`` runs
+    every trial to its end. Percentile and patient pruners have no Ray counterpart.
+    """
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule
+
+    p = spec.pruner
+    metric = spec.objective.metric
+    mode = "max" if spec.direction == "maximize" else "min"
+    if p.name == "none":
+        return FIFOScheduler(), f"no early stopping (pruner: none), {max_t} evaluations"
+    if p.name == "median":
+        startup = 2 if p.n_startup_trials is None else p.n_startup_trials
+        warmup = 1 if p.n_warmup_steps is None else p.n_warmup_steps
+        rule = MedianStoppingRule(
+            time_attr="training_iteration",
+            metric=metric,
+            mode=mode,
+            grace_period=warmup + 1,
+            min_samples_required=startup,
+            # Never pause a trial while too few others have reached its evaluation: hpo's
+            # trainable keeps no checkpoint, so a paused trial would start again from step 0.
+            # Infinite, not a large int: Ray compares it with the time since a pause at -inf.
+            min_time_slice=math.inf,  # type: ignore[arg-type]
+        )
+        return rule, f"median stopping rule from evaluation {warmup + 1} of {max_t}"
+    asha = ASHAScheduler(
+        time_attr="training_iteration",
+        metric=metric,
+        mode=mode,
+        max_t=max_t,
+        grace_period=max(1, p.min_resource or 1),
+        reduction_factor=max(2, p.reduction_factor or 3),
+    )
+    return asha, f"ASHA up to {max_t} evaluations"
+
+
 def trial_resources(
     spec: StudySpec, gpus: list[int] | None, trials_per_gpu: int, cluster: dict[str, float]
 ) -> dict[str, float]:
@@ -356,10 +403,14 @@ def run_ray(
         # the Optuna driver only.
         what = "a multi-objective study" if len(spec.directions) > 1 else "pruner.compare: strategy"
         raise UserError(f"{spec.path}: --backend ray cannot run {what}; use --backend optuna")
+    if spec.pruner.name not in RAY_SCHEDULERS:
+        raise UserError(
+            f"{spec.path}: pruner.name: {spec.pruner.name} has no Ray Tune scheduler; "
+            f"use {', '.join(RAY_SCHEDULERS)} or --backend optuna"
+        )
     try:
         import ray
         from ray import tune
-        from ray.tune.schedulers import ASHAScheduler
     except ImportError:
         raise UserError("--backend ray needs Ray Tune: pip install 'hpo[ray]'") from None
 
@@ -408,14 +459,7 @@ def run_ray(
         control=control,
     )
     max_t = max_evaluations(spec)
-    scheduler = ASHAScheduler(
-        time_attr="training_iteration",
-        metric=spec.objective.metric,
-        mode="max" if spec.direction == "maximize" else "min",
-        max_t=max_t,
-        grace_period=max(1, spec.pruner.min_resource or 1),
-        reduction_factor=max(2, spec.pruner.reduction_factor or 3),
-    )
+    scheduler, stopping = ray_scheduler(spec, max_t)
 
     def on_signal() -> None:
         name = control.signal_name
@@ -459,7 +503,7 @@ def run_ray(
     )
     print(
         f"ray: {n_trials} trials, at most {at_once} trial{'s' if at_once != 1 else ''} at a time{capped}, "
-        f"{resources} per trial, ASHA up to {max_t} evaluations, "
+        f"{resources} per trial, {stopping}, "
         f"cluster {cluster.get('CPU', 0):g} CPU / {cluster.get('GPU', 0):g} GPU"
         + (f", no new trial after {timeout:g} s" if timeout is not None else ""),
         file=stream,

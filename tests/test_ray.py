@@ -105,7 +105,7 @@ def test_each_pruner_runs_as_its_ray_scheduler(tmp_path: Path) -> None:
     trial (a paused trial would start again from step 0: no checkpoints)."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, MedianStoppingRule, TrialScheduler
 
-    from hpo.drivers.ray import ray_scheduler
+    from hpo.drivers.ray_schedulers import ray_scheduler
 
     def scheduler(pruner: dict[str, object]) -> tuple[object, str]:
         return ray_scheduler(load_study(write_study(tmp_path, Path("m"), pruner=pruner)), 4)

@@ -6,15 +6,15 @@ for each configuration with the search space's own define-by-run function, the s
 pruner picks Ray's scheduler (``ray_scheduler``: ASHA, the median stopping rule, or none), and
 each trial runs the same training path as the Optuna driver (``hpo.objective.run_trial``, with
 the same out-of-memory retry and repeat rule). It writes the same user attributes and
-intermediate values to the Optuna trial as the Optuna driver does, so ``hpo studies``, ``compare``, ``export`` and the
-dashboard read Ray's trials like any other.
+intermediate values to the Optuna trial as the Optuna driver does, so ``hpo studies``,
+``compare``, ``export`` and the dashboard read Ray's trials like any other.
 
 Runs end like the Optuna driver's: ``--timeout`` starts no trial after the deadline and lets the
 trials in flight finish (the searcher stops suggesting); SIGINT/SIGTERM stop Ray's trials, store
 those in flight as FAIL ``interrupted (SIGINT)`` and raise KeyboardInterrupt (exit 130); at most
 ``--workers`` trials run at once (default: as many as the cluster's resources fit).
 
-Differences that remain (NOTES.md): a trial that ASHA stopped is stored COMPLETE with its last
+Differences that remain (NOTES.md): a trial that the scheduler stopped is stored COMPLETE with its last
 value (Ray's searcher has no "pruned" outcome for it); it carries ``stopped_early: true`` and
 the attributes of its last evaluation, but not ``train_seconds`` and the parameter counts,
 which only a finished run knows.

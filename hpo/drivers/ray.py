@@ -14,10 +14,10 @@ trials in flight finish (the searcher stops suggesting); SIGINT/SIGTERM stop Ray
 those in flight as FAIL ``interrupted (SIGINT)`` and raise KeyboardInterrupt (exit 130); at most
 ``--workers`` trials run at once (default: as many as the cluster's resources fit).
 
-Differences that remain (NOTES.md): a trial that the scheduler stopped is stored COMPLETE with its last
-value (Ray's searcher has no "pruned" outcome for it); it carries ``stopped_early: true`` and
-the attributes of its last evaluation, but not ``train_seconds`` and the parameter counts,
-which only a finished run knows.
+Differences that remain (NOTES.md): a trial that the scheduler stopped is stored COMPLETE with
+its last value (Ray's searcher has no "pruned" outcome for it); it carries ``stopped_early:
+true`` and the attributes of its last evaluation, but not ``train_seconds`` and the parameter
+counts, which only a finished run knows.
 """
 
 from __future__ import annotations

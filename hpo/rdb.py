@@ -55,9 +55,9 @@ def storage_class() -> Any:
                         .filter(models.TrialModel.state == read)
                         .update(change, synchronize_session=False)
                     )
-                    if changed != 1 and state == ts.RUNNING:
-                        return False  # another worker started it
-                    if changed != 1:
+                    if changed != 1:  # another process changed it first
+                        if state == ts.RUNNING:
+                            return False
                         raise optuna.exceptions.UpdateFinishedTrialError(
                             f"trial {trial.number} was finished by another process"
                         )

@@ -270,7 +270,8 @@ def test_sigkilled_joining_worker_trial_fails_within_grace_and_retry_finishes(
     url = service_url("postgresql")
     # 640 rows: 40 real steps with evaluations at 20 and 40, so that a trial is caught before
     # its first evaluation even on a busy machine (64 rows stop every trial at 4 steps, about
-    # 0.05 s before its first evaluation; all 8 slipped between two looks once in CI).
+    # 0.05 s before its first evaluation; CI once timed out waiting, likely all 8 slipping
+    # between two looks).
     data = {"source": "builtin:reviews", "train_limit": 640, "validation_limit": 32, "max_length": 32}
     path = _study_file(
         tmp_path,
